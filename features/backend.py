@@ -1,0 +1,21 @@
+"""The embedded feature backend: an in-process DuckDB reached through Ibis."""
+
+from __future__ import annotations
+
+import ibis
+from ibis.backends import BaseBackend
+
+from features.settings import Settings
+
+
+def connect(settings: Settings | None = None, database: str = ":memory:") -> BaseBackend:
+    """A DuckDB connection that reads and writes naive timestamps as UTC."""
+    settings = settings or Settings()
+    con = ibis.duckdb.connect(database)
+    # All timestamps are UTC: casting TIMESTAMPTZ -> TIMESTAMP must not shift them.
+    con.raw_sql("SET TimeZone = 'UTC'")
+    if settings.duckdb_threads:
+        con.raw_sql(f"SET threads = {int(settings.duckdb_threads)}")
+    if settings.duckdb_memory_limit:
+        con.raw_sql(f"SET memory_limit = '{settings.duckdb_memory_limit}'")
+    return con

@@ -1,0 +1,29 @@
+"""One typed settings object; read from the environment (prefix CRMSCORE_) only when asked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from features.schema import DEFAULT_PII_COLUMNS
+
+
+class Settings(BaseSettings):
+    """Configuration for every crm-scoring command. Construct it once and pass it in."""
+
+    model_config = SettingsConfigDict(env_prefix="CRMSCORE_", extra="ignore")
+
+    project_dir: Path = Field(default_factory=Path.cwd, description="Root for default local stores.")
+    pii_columns: tuple[str, ...] = Field(
+        default=DEFAULT_PII_COLUMNS,
+        description="Customer columns that are never features and never logged.",
+    )
+    max_reject_share: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="Fail a run when a larger share of rows is rejected."
+    )
+    duckdb_memory_limit: str | None = Field(
+        default=None, description="DuckDB memory_limit for feature builds, e.g. '4GB'."
+    )
+    duckdb_threads: int | None = Field(default=None, ge=1)

@@ -1,0 +1,439 @@
+"""Validation of the unified profile: types, keys, amounts, references, currencies.
+
+Pure Ibis: raw tables in (each with a 1-based `_row` column naming the source row),
+normalised tables and rejected rows out. Every problem is collected before anything
+fails, so one run tells the user everything that is wrong with their data.
+
+Table-level problems (a missing required column, a column of an unusable type) are
+fatal: they are raised together as one `ProfileError`. Row-level problems reject the
+row; the caller writes the rejects and fails only above `max_reject_share`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import itertools
+from dataclasses import dataclass, field
+
+import ibis
+import ibis.expr.datatypes as dt
+import pyarrow as pa
+from ibis.backends import BaseBackend
+from ibis import _
+
+from features.errors import ProfileError, ProfileValidationError
+from features.profile import Profile
+from features.schema import CUSTOMERS, EVENTS, ORDERS, TABLES, ColumnSpec, TableSpec
+
+ROW = "_row"
+REJECT_COLUMN = "_reject_column"
+REJECT_CODE = "_reject_code"
+REJECT_REASON = "_reject_reason"
+_INTERNAL = (ROW, REJECT_COLUMN, REJECT_CODE, REJECT_REASON)
+
+_TIMESTAMP = dt.Timestamp()
+_TIMESTAMP_UTC = dt.Timestamp(timezone="UTC")
+_frame_ids = itertools.count()
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One kind of problem in one column, with how many rows have it and a few examples."""
+
+    table: str
+    column: str
+    code: str
+    count: int
+    example_rows: tuple[int, ...]
+    example_reason: str
+
+    def describe(self) -> str:
+        rows = ", ".join(str(r) for r in self.example_rows)
+        more = ", ..." if self.count > len(self.example_rows) else ""
+        return f"{self.table}.{self.column}: {self.count} row(s) {self.code} (rows {rows}{more}), e.g. {self.example_reason}"
+
+
+@dataclass(frozen=True)
+class TableReport:
+    table: str
+    rows_read: int
+    rows_rejected: int
+    duplicates_dropped: int = 0
+
+    @property
+    def rejected_share(self) -> float:
+        return self.rows_rejected / self.rows_read if self.rows_read else 0.0
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    tables: tuple[TableReport, ...]
+    problems: tuple[Problem, ...]
+    max_reject_share: float
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def rows_rejected(self) -> int:
+        return sum(t.rows_rejected for t in self.tables)
+
+    @property
+    def failing_tables(self) -> tuple[TableReport, ...]:
+        return tuple(t for t in self.tables if t.rejected_share > self.max_reject_share)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failing_tables
+
+    def summary(self) -> str:
+        lines = []
+        for t in self.tables:
+            extra = f", {t.duplicates_dropped} duplicate event(s) dropped" if t.duplicates_dropped else ""
+            lines.append(
+                f"{t.table}: {t.rows_read} rows read, {t.rows_rejected} rejected ({t.rejected_share:.2%}){extra}"
+            )
+        lines.extend(p.describe() for p in self.problems)
+        lines.extend(self.notes)
+        return "\n".join(lines)
+
+    def failure_message(self, rejects_path: object | None = None) -> str:
+        parts = [
+            f"{t.table}: {t.rows_rejected} of {t.rows_read} rows rejected ({t.rejected_share:.2%}), "
+            f"above the {self.max_reject_share:.2%} limit"
+            for t in self.failing_tables
+        ]
+        where = f"; rejected rows are in {rejects_path}" if rejects_path else ""
+        return "; ".join(parts) + where
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    profile: Profile
+    rejects: Mapping[str, ibis.Table]  # per table: raw columns + _row + reject column/code/reason
+    report: ValidationReport
+
+
+def _kind_of(dtype: dt.DataType) -> str | None:
+    if dtype.is_string():
+        return "string"
+    if dtype.is_timestamp() or dtype.is_date():
+        return "timestamp"
+    if dtype.is_numeric() and not dtype.is_boolean():
+        return "number"
+    if dtype.is_null():
+        return "null"
+    return None
+
+
+def _schema_problems(name: str, table: ibis.Table, spec: TableSpec) -> list[str]:
+    problems: list[str] = []
+    schema = table.schema()
+    for col in spec.columns:
+        if col.name not in schema:
+            if col.required:
+                problems.append(f"{name}: required column '{col.name}' is missing")
+            continue
+        kind = _kind_of(schema[col.name])
+        ok = {
+            "string": ("string", "number", "null"),
+            "timestamp": ("timestamp", "string", "null"),
+            "number": ("number", "string", "null"),
+        }[col.kind]
+        if kind not in ok:
+            problems.append(
+                f"{name}: column '{col.name}' has type {schema[col.name]}, expected {col.kind}"
+            )
+    return problems
+
+
+def _as_string(value: ibis.Value) -> ibis.Value:
+    """Ids may arrive as integers; empty or blank strings count as missing."""
+    text = value.cast("string").strip()
+    return ibis.ifelse(text == "", ibis.null("string"), text)
+
+
+def _as_timestamp(value: ibis.Value) -> ibis.Value:
+    dtype = value.type()
+    if dtype.is_timestamp():
+        # Zone-aware -> UTC wall clock (the connection runs in UTC); naive values are UTC already.
+        return value.cast(_TIMESTAMP) if dtype.timezone is not None else value
+    if dtype.is_date():
+        return value.cast(_TIMESTAMP)
+    if dtype.is_null():
+        return ibis.null(_TIMESTAMP)
+    # Strings: offsets are honoured, naive strings are read as UTC.
+    return value.cast("string").strip().try_cast(_TIMESTAMP_UTC).cast(_TIMESTAMP)
+
+
+def _as_number(value: ibis.Value) -> ibis.Value:
+    if value.type().is_null():
+        return ibis.null("float64")
+    if value.type().is_string():
+        return value.strip().try_cast("float64")
+    return value.cast("float64")
+
+
+_CONVERTERS = {"string": _as_string, "timestamp": _as_timestamp, "number": _as_number}
+
+
+def _checks_for(col: ColumnSpec, raw: ibis.Value, value: ibis.Value) -> list[tuple[ibis.Value, str, ibis.Value]]:
+    """(condition, code, reason) for one column, most basic first."""
+    shown = raw.cast("string")
+    checks: list[tuple[ibis.Value, str, ibis.Value]] = []
+    if col.required:
+        # A blank id counts as missing too (`_as_string` maps it to null).
+        missing = raw.isnull() | value.isnull() if col.kind == "string" else raw.isnull()
+        checks.append((missing, "missing", ibis.literal(f"{col.name} is missing")))
+    if col.kind == "timestamp":
+        checks.append(
+            (raw.notnull() & value.isnull(), "not_a_timestamp", f"{col.name} '" + shown + "' is not a timestamp")
+        )
+    if col.kind == "number":
+        checks.append((raw.notnull() & value.isnull(), "not_a_number", f"{col.name} '" + shown + "' is not a number"))
+        checks.append((value.isnan() | value.isinf(), "not_finite", ibis.literal(f"{col.name} is not a finite number")))
+    return checks
+
+
+def _with_row_checks(table: ibis.Table, spec: TableSpec) -> ibis.Table:
+    """Typed columns (prefixed `__`) next to the raw ones, and the first failing row check."""
+    schema = table.schema()
+    typed: dict[str, ibis.Value] = {}
+    checks: list[tuple[ibis.Value, str, str, ibis.Value]] = []
+    for col in spec.columns:
+        if col.name in schema:
+            raw = table[col.name]
+            value = _CONVERTERS[col.kind](raw)
+        else:
+            raw = None
+            value = ibis.null({"string": "string", "timestamp": _TIMESTAMP, "number": "float64"}[col.kind])
+        typed[f"__{col.name}"] = value
+        if raw is not None:
+            for cond, code, reason in _checks_for(col, raw, value):
+                checks.append((cond, col.name, code, reason))
+    return table.mutate(**typed, **_first_failing(checks))
+
+
+def _first_failing(checks: list[tuple[ibis.Value, str, str, ibis.Value]]) -> dict[str, ibis.Value]:
+    if not checks:
+        return {
+            REJECT_COLUMN: ibis.null("string"),
+            REJECT_CODE: ibis.null("string"),
+            REJECT_REASON: ibis.null("string"),
+        }
+    return {
+        REJECT_COLUMN: ibis.cases(*[(c, col) for c, col, _code, _r in checks], else_=ibis.null("string")),
+        REJECT_CODE: ibis.cases(*[(c, code) for c, _col, code, _r in checks], else_=ibis.null("string")),
+        REJECT_REASON: ibis.cases(*[(c, r) for c, _col, _code, r in checks], else_=ibis.null("string")),
+    }
+
+
+def _reject_where(table: ibis.Table, condition: ibis.Value, column: str, code: str, reason: ibis.Value) -> ibis.Table:
+    """Add a check to rows that passed every earlier one."""
+    fresh = table[REJECT_CODE].isnull() & condition
+    return table.mutate(
+        **{
+            REJECT_COLUMN: ibis.ifelse(fresh, column, table[REJECT_COLUMN]),
+            REJECT_CODE: ibis.ifelse(fresh, code, table[REJECT_CODE]),
+            REJECT_REASON: ibis.ifelse(fresh, reason, table[REJECT_REASON]),
+        }
+    )
+
+
+def _duplicate_keys(table: ibis.Table, key: str) -> ibis.Table:
+    return table.group_by(key).aggregate(_dup_count=_.count()).filter(_._dup_count > 1)
+
+
+def _reject_duplicates(table: ibis.Table, key: str) -> ibis.Table:
+    typed_key = f"__{key}"
+    dups = _duplicate_keys(table.filter(table[typed_key].notnull()), typed_key)
+    return _reject_where(
+        table,
+        table[typed_key].isin(dups[typed_key]),
+        key,
+        "duplicate",
+        f"{key} '" + table[typed_key] + "' appears more than once",
+    )
+
+
+def _clean(table: ibis.Table, spec: TableSpec, attribute_columns: list[str]) -> ibis.Table:
+    ok = table.filter(table[REJECT_CODE].isnull())
+    cols = {c.name: ok[f"__{c.name}"] for c in spec.columns}
+    cols.update({a: ok[a] for a in attribute_columns})
+    return ok.select(**cols)
+
+
+def _rejected(table: ibis.Table, raw_columns: list[str]) -> ibis.Table:
+    bad = table.filter(table[REJECT_CODE].notnull())
+    return bad.select(ROW, REJECT_COLUMN, REJECT_CODE, REJECT_REASON, *raw_columns)
+
+
+def _empty_events() -> ibis.Table:
+    schema = pa.schema(
+        [("customer_id", pa.string()), ("occurred_at", pa.timestamp("us")), ("event_type", pa.string()), (ROW, pa.int64())]
+    )
+    return ibis.memtable(schema.empty_table())
+
+
+def validate_profile(raw: Mapping[str, ibis.Table | None], max_reject_share: float = 0.01) -> ValidationResult:
+    """Validate raw tables (each with a `_row` column) into a normalised `Profile`.
+
+    Raises `ProfileError` for table-level problems (all of them at once). Row-level
+    problems are returned as rejects and summarised in the report; this function does
+    not raise for them (see `ValidationResult.report.ok` / `raise_for_rejects`).
+    """
+    tables: dict[str, ibis.Table] = {}
+    fatal: list[str] = []
+    for name, spec in TABLES.items():
+        table = raw.get(name)
+        if table is None:
+            if name == "events":  # no behaviour is a valid profile
+                table = _empty_events()
+            else:
+                fatal.append(f"{name}: table is missing")
+                continue
+        if ROW not in table.columns:
+            raise ValueError(f"{name}: raw tables need a '{ROW}' column with source row numbers")
+        fatal.extend(_schema_problems(name, table, spec))
+        tables[name] = table
+    if fatal:
+        raise ProfileError("the profile does not match the contract: " + "; ".join(fatal))
+
+    raw_columns = {name: [c for c in t.columns if c != ROW] for name, t in tables.items()}
+    attribute_columns = [c for c in raw_columns["customers"] if c not in {s.name for s in CUSTOMERS.columns}]
+
+    customers = _with_row_checks(tables["customers"], CUSTOMERS)
+    customers = _reject_duplicates(customers, "customer_id")
+
+    orders = _with_row_checks(tables["orders"], ORDERS)
+    orders = _reject_where(
+        orders, orders["__amount"] < 0, "amount", "negative", "amount " + orders["__amount"].cast("string") + " is negative"
+    )
+    orders = _reject_duplicates(orders, "order_id")
+    notes: list[str] = []
+    if "currency" in orders.columns:
+        currencies = (
+            orders.filter(orders["__currency"].notnull())
+            .group_by("__currency")
+            .aggregate(n=_.count())
+            .order_by([ibis.desc("n"), "__currency"])
+            .to_pyarrow()
+            .to_pylist()
+        )
+        if len(currencies) > 1:
+            main = currencies[0]["__currency"]
+            notes.append(
+                "orders.currency: mixed currencies "
+                + ", ".join(f"{c['__currency']} ({c['n']} rows)" for c in currencies)
+                + f"; the profile currency is taken to be {main} and other rows are rejected"
+            )
+            orders = _reject_where(
+                orders,
+                orders["__currency"].notnull() & (orders["__currency"] != main),
+                "currency",
+                "mixed_currency",
+                "currency " + orders["__currency"] + f" differs from the profile currency {main}",
+            )
+
+    events = _with_row_checks(tables["events"], EVENTS)
+
+    valid_ids = customers.filter(customers[REJECT_CODE].isnull())["__customer_id"]
+    orders = _reject_where(
+        orders,
+        ~orders["__customer_id"].isin(valid_ids),
+        "customer_id",
+        "unknown_customer",
+        "customer_id '" + orders["__customer_id"] + "' is not a valid customer",
+    )
+    events = _reject_where(
+        events,
+        ~events["__customer_id"].isin(valid_ids),
+        "customer_id",
+        "unknown_customer",
+        "customer_id '" + events["__customer_id"] + "' is not a valid customer",
+    )
+
+    staged = {"customers": customers, "orders": orders, "events": events}
+    clean = {
+        "customers": _clean(customers, CUSTOMERS, attribute_columns),
+        "orders": _clean(orders, ORDERS, []),
+        "events": _clean(events, EVENTS, []),
+    }
+    duplicates_dropped = 0
+    if "event_id" in tables["events"].columns:
+        # At-least-once event pipelines repeat events: keep one row per event_id.
+        ev = clean["events"]
+        counts = ev.aggregate(n=_.count(), distinct=_.event_id.nunique(), with_id=_.event_id.count()).to_pyarrow().to_pylist()[0]
+        duplicates_dropped = counts["with_id"] - counts["distinct"]
+        if duplicates_dropped:
+            with_id = ev.filter(ev.event_id.notnull())
+            first = with_id.mutate(_rn=ibis.row_number().over(group_by="event_id", order_by=["occurred_at", "event_type"]))
+            clean["events"] = first.filter(first._rn == 0).drop("_rn").union(ev.filter(ev.event_id.isnull()))
+    rejects = {name: _rejected(t, raw_columns[name]) for name, t in staged.items()}
+
+    reports: list[TableReport] = []
+    problems: list[Problem] = []
+    for name, t in staged.items():
+        # One pass per table for all counts: total rows and per-problem groups.
+        summary = (
+            t.group_by([REJECT_COLUMN, REJECT_CODE])
+            .aggregate(n=_.count(), reason=_[REJECT_REASON].arbitrary())
+            .to_pyarrow()
+            .to_pylist()
+        )
+        read = sum(r["n"] for r in summary)
+        rejected = sum(r["n"] for r in summary if r[REJECT_CODE] is not None)
+        reports.append(TableReport(name, read, rejected, duplicates_dropped if name == "events" else 0))
+        for r in sorted((r for r in summary if r[REJECT_CODE] is not None), key=lambda r: (-r["n"], r[REJECT_COLUMN])):
+            examples = (
+                rejects[name]
+                .filter((_[REJECT_COLUMN] == r[REJECT_COLUMN]) & (_[REJECT_CODE] == r[REJECT_CODE]))
+                .order_by(ROW)
+                .limit(3)
+                .select(ROW, REJECT_REASON)
+                .to_pyarrow()
+                .to_pylist()
+            )
+            problems.append(
+                Problem(
+                    name,
+                    r[REJECT_COLUMN],
+                    r[REJECT_CODE],
+                    r["n"],
+                    tuple(e[ROW] for e in examples),
+                    examples[0][REJECT_REASON] if examples else r["reason"],
+                )
+            )
+    report = ValidationReport(tuple(reports), tuple(problems), max_reject_share, tuple(notes))
+    profile = Profile(clean["customers"], clean["orders"], clean["events"], tuple(attribute_columns))
+    return ValidationResult(profile, rejects, report)
+
+
+def raise_for_rejects(report: ValidationReport, rejects_path: object | None = None) -> None:
+    """Fail when any table rejected more than the allowed share of its rows."""
+    if not report.ok:
+        raise ProfileValidationError(report.failure_message(rejects_path), report)
+
+
+def profile_from_frames(
+    con: BaseBackend,
+    customers: object,
+    orders: object,
+    events: object | None = None,
+    *,
+    max_reject_share: float = 0.0,
+) -> ValidationResult:
+    """Validate in-memory tables (pandas DataFrames or pyarrow Tables) into a profile.
+
+    Rows are numbered from 1 in the given order. With the default `max_reject_share`
+    of 0, any rejected row raises `ProfileValidationError`.
+    """
+    raw: dict[str, ibis.Table | None] = {}
+    for name, frame in (("customers", customers), ("orders", orders), ("events", events)):
+        if frame is None:
+            raw[name] = None
+            continue
+        table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+        table = table.append_column(ROW, pa.array(range(1, table.num_rows + 1), type=pa.int64()))
+        raw[name] = con.create_table(f"_raw_{name}_{next(_frame_ids)}", table, temp=True)
+    result = validate_profile(raw, max_reject_share)
+    raise_for_rejects(result.report)
+    return result
