@@ -31,6 +31,7 @@ from features.validation import (
     ROW,
     ValidationReport,
     raise_for_rejects,
+    lazy_stage,
     validate_profile,
 )
 
@@ -129,23 +130,20 @@ def load_profile(
     max_reject_share: float = 0.01,
     materialize: bool = True,
 ) -> LoadedProfile:
-    """Read, validate and (by default) materialise a profile store.
+    """Read, validate and (by default) materialise a profile store once.
 
     Rejected rows are written to `rejects_path` (CSV: table, row, column, reason,
     record as JSON). Raises `ProfileValidationError` when a table rejects more than
     `max_reject_share` of its rows, after writing the rejects.
     """
-    result = validate_profile(read_raw_profile(con, path), max_reject_share)
+    def stage(name: str, table: ibis.Table) -> ibis.Table:
+        return con.create_table(f"_staged_{name}", table, temp=True, overwrite=True)
+
+    raw = read_raw_profile(con, path)
+    result = validate_profile(raw, max_reject_share, stage if materialize else lazy_stage)
     written = write_rejects(result.rejects, rejects_path) if result.report.rows_rejected else None
     raise_for_rejects(result.report, written)
     profile = result.profile
-    if materialize:
-        profile = Profile(
-            customers=con.create_table("profile_customers", profile.customers, temp=True, overwrite=True),
-            orders=con.create_table("profile_orders", profile.orders, temp=True, overwrite=True),
-            events=con.create_table("profile_events", profile.events, temp=True, overwrite=True),
-            attribute_columns=profile.attribute_columns,
-        )
     return LoadedProfile(profile, result.report, written)
 
 

@@ -11,7 +11,7 @@ row; the caller writes the rejects and fails only above `max_reject_share`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 import itertools
 from dataclasses import dataclass, field
 
@@ -193,8 +193,12 @@ def _checks_for(col: ColumnSpec, raw: ibis.Value, value: ibis.Value) -> list[tup
     return checks
 
 
-def _with_row_checks(table: ibis.Table, spec: TableSpec) -> ibis.Table:
-    """Typed columns (prefixed `__`) next to the raw ones, and the first failing row check."""
+def _with_row_checks(table: ibis.Table, spec: TableSpec, attribute_columns: list[str]) -> ibis.Table:
+    """Typed columns under their contract names, attributes, `_row`, and the first failing check.
+
+    Raw values are not carried along (that would double the memory of the largest
+    tables); rejected rows get them back by joining the raw table on `_row`.
+    """
     schema = table.schema()
     typed: dict[str, ibis.Value] = {}
     checks: list[tuple[ibis.Value, str, str, ibis.Value]] = []
@@ -202,14 +206,12 @@ def _with_row_checks(table: ibis.Table, spec: TableSpec) -> ibis.Table:
         if col.name in schema:
             raw = table[col.name]
             value = _CONVERTERS[col.kind](raw)
-        else:
-            raw = None
-            value = ibis.null({"string": "string", "timestamp": _TIMESTAMP, "number": "float64"}[col.kind])
-        typed[f"__{col.name}"] = value
-        if raw is not None:
             for cond, code, reason in _checks_for(col, raw, value):
                 checks.append((cond, col.name, code, reason))
-    return table.mutate(**typed, **_first_failing(checks))
+        else:
+            value = ibis.null({"string": "string", "timestamp": _TIMESTAMP, "number": "float64"}[col.kind])
+        typed[col.name] = value
+    return table.select(ROW, **typed, **{a: table[a] for a in attribute_columns}, **_first_failing(checks))
 
 
 def _first_failing(checks: list[tuple[ibis.Value, str, str, ibis.Value]]) -> dict[str, ibis.Value]:
@@ -238,32 +240,33 @@ def _reject_where(table: ibis.Table, condition: ibis.Value, column: str, code: s
     )
 
 
-def _duplicate_keys(table: ibis.Table, key: str) -> ibis.Table:
-    return table.group_by(key).aggregate(_dup_count=_.count()).filter(_._dup_count > 1)
-
-
 def _reject_duplicates(table: ibis.Table, key: str) -> ibis.Table:
-    typed_key = f"__{key}"
-    dups = _duplicate_keys(table.filter(table[typed_key].notnull()), typed_key)
+    passing = table.filter(table[key].notnull())
+    dups = passing.group_by(key).aggregate(_dup_count=_.count()).filter(_._dup_count > 1)
+    return _reject_where(
+        table, table[key].isin(dups[key]), key, "duplicate", f"{key} '" + table[key] + "' appears more than once"
+    )
+
+
+def _reject_unknown_customers(table: ibis.Table, valid_ids: ibis.Column) -> ibis.Table:
     return _reject_where(
         table,
-        table[typed_key].isin(dups[typed_key]),
-        key,
-        "duplicate",
-        f"{key} '" + table[typed_key] + "' appears more than once",
+        ~table.customer_id.isin(valid_ids),
+        "customer_id",
+        "unknown_customer",
+        "customer_id '" + table.customer_id + "' is not a valid customer",
     )
 
 
 def _clean(table: ibis.Table, spec: TableSpec, attribute_columns: list[str]) -> ibis.Table:
     ok = table.filter(table[REJECT_CODE].isnull())
-    cols = {c.name: ok[f"__{c.name}"] for c in spec.columns}
-    cols.update({a: ok[a] for a in attribute_columns})
-    return ok.select(**cols)
+    return ok.select(*[c.name for c in spec.columns], *attribute_columns)
 
 
-def _rejected(table: ibis.Table, raw_columns: list[str]) -> ibis.Table:
-    bad = table.filter(table[REJECT_CODE].notnull())
-    return bad.select(ROW, REJECT_COLUMN, REJECT_CODE, REJECT_REASON, *raw_columns)
+def _rejected(staged: ibis.Table, raw: ibis.Table) -> ibis.Table:
+    """Rejected rows with their original values (raw columns) and the reason."""
+    bad = staged.filter(staged[REJECT_CODE].notnull()).select(ROW, REJECT_COLUMN, REJECT_CODE, REJECT_REASON)
+    return bad.inner_join(raw, ROW).select(ROW, REJECT_COLUMN, REJECT_CODE, REJECT_REASON, *[c for c in raw.columns if c != ROW])
 
 
 def _empty_events() -> ibis.Table:
@@ -273,12 +276,83 @@ def _empty_events() -> ibis.Table:
     return ibis.memtable(schema.empty_table())
 
 
-def validate_profile(raw: Mapping[str, ibis.Table | None], max_reject_share: float = 0.01) -> ValidationResult:
+def _currency_check(orders: ibis.Table, notes: list[str]) -> ibis.Table:
+    """One currency per profile: the most common one wins, other rows are rejected."""
+    currencies = (
+        orders.filter(orders.currency.notnull() & orders[REJECT_CODE].isnull())
+        .group_by("currency")
+        .aggregate(n=_.count())
+        .order_by([ibis.desc("n"), "currency"])
+        .to_pyarrow()
+        .to_pylist()
+    )
+    if len(currencies) <= 1:
+        return orders
+    main = currencies[0]["currency"]
+    notes.append(
+        "orders.currency: mixed currencies "
+        + ", ".join(f"{c['currency']} ({c['n']} rows)" for c in currencies)
+        + f"; the profile currency is taken to be {main} and other rows are rejected"
+    )
+    return _reject_where(
+        orders,
+        orders.currency.notnull() & (orders.currency != main),
+        "currency",
+        "mixed_currency",
+        "currency " + orders.currency + f" differs from the profile currency {main}",
+    )
+
+
+def _dedupe_events(events: ibis.Table) -> tuple[ibis.Table, int]:
+    """At-least-once event pipelines repeat events: keep one row per event_id."""
+    counts = events.aggregate(distinct=_.event_id.nunique(), with_id=_.event_id.count()).to_pyarrow().to_pylist()[0]
+    dropped = counts["with_id"] - counts["distinct"]
+    if not dropped:
+        return events, 0
+    with_id = events.filter(events.event_id.notnull())
+    first = with_id.mutate(_rn=ibis.row_number().over(group_by="event_id", order_by=["occurred_at", "event_type"]))
+    return first.filter(first._rn == 0).drop("_rn").union(events.filter(events.event_id.isnull())), dropped
+
+
+def _summarise(name: str, staged: ibis.Table, rejects: ibis.Table, dropped: int) -> tuple[TableReport, list[Problem]]:
+    summary = (
+        staged.group_by([REJECT_COLUMN, REJECT_CODE]).aggregate(n=_.count(), reason=_[REJECT_REASON].arbitrary()).to_pyarrow().to_pylist()
+    )
+    read = sum(r["n"] for r in summary)
+    failing = sorted((r for r in summary if r[REJECT_CODE] is not None), key=lambda r: (-r["n"], r[REJECT_COLUMN], r[REJECT_CODE]))
+    problems = []
+    for r in failing:
+        examples = (
+            staged.filter((_[REJECT_COLUMN] == r[REJECT_COLUMN]) & (_[REJECT_CODE] == r[REJECT_CODE]))
+            .order_by(ROW)
+            .limit(3)
+            .select(ROW, REJECT_REASON)
+            .to_pyarrow()
+            .to_pylist()
+        )
+        problems.append(
+            Problem(name, r[REJECT_COLUMN], r[REJECT_CODE], r["n"], tuple(e[ROW] for e in examples), examples[0][REJECT_REASON])
+        )
+    return TableReport(name, read, sum(r["n"] for r in failing), dropped), problems
+
+
+Stage = Callable[[str, ibis.Table], ibis.Table]
+
+
+def lazy_stage(name: str, table: ibis.Table) -> ibis.Table:
+    return table
+
+
+def validate_profile(
+    raw: Mapping[str, ibis.Table | None], max_reject_share: float = 0.01, stage: Stage = lazy_stage
+) -> ValidationResult:
     """Validate raw tables (each with a `_row` column) into a normalised `Profile`.
 
     Raises `ProfileError` for table-level problems (all of them at once). Row-level
     problems are returned as rejects and summarised in the report; this function does
-    not raise for them (see `ValidationResult.report.ok` / `raise_for_rejects`).
+    not raise for them (see `raise_for_rejects`). `stage(name, table)` may materialise
+    each checked table once (the loader does), so the checks, the report, the rejects
+    and every feature family read the same computed rows instead of re-parsing.
     """
     tables: dict[str, ibis.Table] = {}
     fatal: list[str] = []
@@ -297,59 +371,23 @@ def validate_profile(raw: Mapping[str, ibis.Table | None], max_reject_share: flo
     if fatal:
         raise ProfileError("the profile does not match the contract: " + "; ".join(fatal))
 
-    raw_columns = {name: [c for c in t.columns if c != ROW] for name, t in tables.items()}
-    attribute_columns = [c for c in raw_columns["customers"] if c not in {s.name for s in CUSTOMERS.columns}]
+    attribute_columns = [c for c in tables["customers"].columns if c != ROW and c not in {s.name for s in CUSTOMERS.columns}]
+    notes: list[str] = []
 
-    customers = _with_row_checks(tables["customers"], CUSTOMERS)
-    customers = _reject_duplicates(customers, "customer_id")
+    customers = _reject_duplicates(_with_row_checks(tables["customers"], CUSTOMERS, attribute_columns), "customer_id")
+    customers = stage("customers", customers)
+    valid_ids = customers.filter(customers[REJECT_CODE].isnull()).customer_id
 
-    orders = _with_row_checks(tables["orders"], ORDERS)
+    orders = _with_row_checks(tables["orders"], ORDERS, [])
     orders = _reject_where(
-        orders, orders["__amount"] < 0, "amount", "negative", "amount " + orders["__amount"].cast("string") + " is negative"
+        orders, orders.amount < 0, "amount", "negative", "amount " + orders.amount.cast("string") + " is negative"
     )
     orders = _reject_duplicates(orders, "order_id")
-    notes: list[str] = []
-    if "currency" in orders.columns:
-        currencies = (
-            orders.filter(orders["__currency"].notnull())
-            .group_by("__currency")
-            .aggregate(n=_.count())
-            .order_by([ibis.desc("n"), "__currency"])
-            .to_pyarrow()
-            .to_pylist()
-        )
-        if len(currencies) > 1:
-            main = currencies[0]["__currency"]
-            notes.append(
-                "orders.currency: mixed currencies "
-                + ", ".join(f"{c['__currency']} ({c['n']} rows)" for c in currencies)
-                + f"; the profile currency is taken to be {main} and other rows are rejected"
-            )
-            orders = _reject_where(
-                orders,
-                orders["__currency"].notnull() & (orders["__currency"] != main),
-                "currency",
-                "mixed_currency",
-                "currency " + orders["__currency"] + f" differs from the profile currency {main}",
-            )
+    orders = stage("orders", _reject_unknown_customers(orders, valid_ids))
+    if "currency" in tables["orders"].columns:
+        orders = _currency_check(orders, notes)
 
-    events = _with_row_checks(tables["events"], EVENTS)
-
-    valid_ids = customers.filter(customers[REJECT_CODE].isnull())["__customer_id"]
-    orders = _reject_where(
-        orders,
-        ~orders["__customer_id"].isin(valid_ids),
-        "customer_id",
-        "unknown_customer",
-        "customer_id '" + orders["__customer_id"] + "' is not a valid customer",
-    )
-    events = _reject_where(
-        events,
-        ~events["__customer_id"].isin(valid_ids),
-        "customer_id",
-        "unknown_customer",
-        "customer_id '" + events["__customer_id"] + "' is not a valid customer",
-    )
+    events = stage("events", _reject_unknown_customers(_with_row_checks(tables["events"], EVENTS, []), valid_ids))
 
     staged = {"customers": customers, "orders": orders, "events": events}
     clean = {
@@ -357,51 +395,17 @@ def validate_profile(raw: Mapping[str, ibis.Table | None], max_reject_share: flo
         "orders": _clean(orders, ORDERS, []),
         "events": _clean(events, EVENTS, []),
     }
-    duplicates_dropped = 0
+    dropped = 0
     if "event_id" in tables["events"].columns:
-        # At-least-once event pipelines repeat events: keep one row per event_id.
-        ev = clean["events"]
-        counts = ev.aggregate(n=_.count(), distinct=_.event_id.nunique(), with_id=_.event_id.count()).to_pyarrow().to_pylist()[0]
-        duplicates_dropped = counts["with_id"] - counts["distinct"]
-        if duplicates_dropped:
-            with_id = ev.filter(ev.event_id.notnull())
-            first = with_id.mutate(_rn=ibis.row_number().over(group_by="event_id", order_by=["occurred_at", "event_type"]))
-            clean["events"] = first.filter(first._rn == 0).drop("_rn").union(ev.filter(ev.event_id.isnull()))
-    rejects = {name: _rejected(t, raw_columns[name]) for name, t in staged.items()}
+        clean["events"], dropped = _dedupe_events(clean["events"])
+    rejects = {name: _rejected(t, tables[name]) for name, t in staged.items()}
 
     reports: list[TableReport] = []
     problems: list[Problem] = []
     for name, t in staged.items():
-        # One pass per table for all counts: total rows and per-problem groups.
-        summary = (
-            t.group_by([REJECT_COLUMN, REJECT_CODE])
-            .aggregate(n=_.count(), reason=_[REJECT_REASON].arbitrary())
-            .to_pyarrow()
-            .to_pylist()
-        )
-        read = sum(r["n"] for r in summary)
-        rejected = sum(r["n"] for r in summary if r[REJECT_CODE] is not None)
-        reports.append(TableReport(name, read, rejected, duplicates_dropped if name == "events" else 0))
-        for r in sorted((r for r in summary if r[REJECT_CODE] is not None), key=lambda r: (-r["n"], r[REJECT_COLUMN])):
-            examples = (
-                rejects[name]
-                .filter((_[REJECT_COLUMN] == r[REJECT_COLUMN]) & (_[REJECT_CODE] == r[REJECT_CODE]))
-                .order_by(ROW)
-                .limit(3)
-                .select(ROW, REJECT_REASON)
-                .to_pyarrow()
-                .to_pylist()
-            )
-            problems.append(
-                Problem(
-                    name,
-                    r[REJECT_COLUMN],
-                    r[REJECT_CODE],
-                    r["n"],
-                    tuple(e[ROW] for e in examples),
-                    examples[0][REJECT_REASON] if examples else r["reason"],
-                )
-            )
+        table_report, table_problems = _summarise(name, t, rejects[name], dropped if name == "events" else 0)
+        reports.append(table_report)
+        problems.extend(table_problems)
     report = ValidationReport(tuple(reports), tuple(problems), max_reject_share, tuple(notes))
     profile = Profile(clean["customers"], clean["orders"], clean["events"], tuple(attribute_columns))
     return ValidationResult(profile, rejects, report)
