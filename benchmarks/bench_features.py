@@ -1,0 +1,103 @@
+"""Benchmark: `crm-scoring features build` on a large generated profile.
+
+Goal (issue 2): 1,000,000 customers / 10,000,000 orders / 30,000,000 events in at
+most 30 s wall and 6 GB peak memory on 2 cores. The build runs as a separate process
+(the real CLI), so its wall time and peak RSS are measured alone; generation is not
+counted. The profile is generated once into --work (reused when present).
+
+    .venv/bin/python benchmarks/bench_features.py --customers 1000000 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _generate(profile_dir: Path, customers: int, seed: int) -> dict[str, int]:
+    marker = profile_dir / "bench_rows.json"
+    if marker.exists():
+        rows = json.loads(marker.read_text())
+        if rows.get("customers") == customers and rows.get("seed") == seed:
+            return rows
+    from features.synthetic import SyntheticParams, generate_profile
+    from features.synthetic_io import write_synthetic_profile
+
+    generated = generate_profile(customers, seed, SyntheticParams.benchmark())
+    write_synthetic_profile(generated, profile_dir)
+    rows = {
+        "customers": customers,
+        "seed": seed,
+        "orders": generated.orders.num_rows,
+        "events": generated.events.num_rows,
+    }
+    marker.write_text(json.dumps(rows))
+    return rows
+
+
+def _run_build(profile_dir: Path, out_file: Path, as_of: str) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GB) of one `features build` process."""
+    script = (
+        "import resource, sys, runpy\n"
+        "sys.argv = ['crm-scoring', 'features', 'build', '--profile', sys.argv[1], '--as-of', sys.argv[2], '--out', sys.argv[3]]\n"
+        "from serving.cli import app\n"
+        "try:\n    app()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
+        "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(profile_dir), as_of, str(out_file)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"features build failed:\n{result.stderr}")
+    peak_kb = next(int(line.split()[1]) for line in result.stderr.splitlines() if line.startswith("PEAK_KB"))
+    return wall, peak_kb / 1024**2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=REPO / "bench-out" / "features")
+    args = parser.parse_args()
+
+    from features.synthetic import TRUTH_AS_OF
+
+    profile_dir = args.work / f"profile-{args.customers}"
+    start = time.perf_counter()
+    rows = _generate(profile_dir, args.customers, args.seed)
+    generated_in = time.perf_counter() - start
+    print(
+        f"profile: {rows['customers']:,} customers, {rows['orders']:,} orders, {rows['events']:,} events "
+        f"(ready in {generated_in:.1f} s)"
+    )
+    runs = [_run_build(profile_dir, args.work / "features.parquet", TRUTH_AS_OF.isoformat()) for _ in range(args.repeats)]
+    walls = [w for w, _ in runs]
+    peaks = [p for _, p in runs]
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print("| step | median wall s | min | max | peak RSS GB (max) |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| features build (load+validate+all families+write) | {statistics.median(walls):.1f} | "
+        f"{min(walls):.1f} | {max(walls):.1f} | {max(peaks):.2f} |"
+    )
+    print(f"goal: <= 30 s and <= 6 GB -> {'met' if statistics.median(walls) <= 30 and max(peaks) <= 6 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
