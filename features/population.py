@@ -21,3 +21,17 @@ def eligible_customers(profile: Profile, as_of: datetime) -> ibis.Table:
     """Profiles that exist before as_of (customer_id, created_at): one feature row each."""
     c = profile.customers
     return c.filter(c.created_at < as_of_literal(as_of)).select("customer_id", "created_at")
+
+
+def restrict_to_before(profile: Profile, cutoff: datetime) -> Profile:
+    """The profile as it was known just before `cutoff`: nothing at or after it is readable.
+
+    Training at as_of T uses this so no code path can read a row dated >= T.
+    """
+    limit = as_of_literal(cutoff)
+    return Profile(
+        customers=profile.customers.filter(profile.customers.created_at < limit),
+        orders=profile.orders.filter(profile.orders.ordered_at < limit),
+        events=profile.events.filter(profile.events.occurred_at < limit),
+        attribute_columns=profile.attribute_columns,
+    )
