@@ -14,6 +14,8 @@ def connect(settings: Settings | None = None, database: str = ":memory:") -> Bas
     con = ibis.duckdb.connect(database)
     # All timestamps are UTC: casting TIMESTAMPTZ -> TIMESTAMP must not shift them.
     con.raw_sql("SET TimeZone = 'UTC'")
+    # The CLI shows its own progress; DuckDB's bar would interleave with it.
+    con.raw_sql("SET enable_progress_bar = false")
     if settings.duckdb_threads:
         con.raw_sql(f"SET threads = {int(settings.duckdb_threads)}")
     if settings.duckdb_memory_limit:

@@ -146,9 +146,8 @@ def _schema_problems(name: str, table: ibis.Table, spec: TableSpec) -> list[str]
 
 
 def _as_string(value: ibis.Value) -> ibis.Value:
-    """Ids may arrive as integers; empty or blank strings count as missing."""
-    text = value.cast("string").strip()
-    return ibis.ifelse(text == "", ibis.null("string"), text)
+    """Ids may arrive as integers; empty strings count as missing."""
+    return (value if value.type().is_string() else value.cast("string")).nullif("")
 
 
 def _as_timestamp(value: ibis.Value) -> ibis.Value:
@@ -240,7 +239,17 @@ def _reject_where(table: ibis.Table, condition: ibis.Value, column: str, code: s
     )
 
 
+def _has_duplicates(table: ibis.Table, key: str) -> bool:
+    """Cheap pre-check: equal counts of rows and of distinct 64-bit key hashes prove the
+    key is unique (a hash collision only costs the exact check below)."""
+    keys = table.filter(table[key].notnull())
+    counts = keys.aggregate(n=keys[key].count(), distinct=keys[key].hash().nunique()).to_pyarrow().to_pylist()[0]
+    return counts["n"] != counts["distinct"]
+
+
 def _reject_duplicates(table: ibis.Table, key: str) -> ibis.Table:
+    if not _has_duplicates(table, key):
+        return table
     passing = table.filter(table[key].notnull())
     dups = passing.group_by(key).aggregate(_dup_count=_.count()).filter(_._dup_count > 1)
     return _reject_where(
@@ -279,7 +288,7 @@ def _empty_events() -> ibis.Table:
 def _currency_check(orders: ibis.Table, notes: list[str]) -> ibis.Table:
     """One currency per profile: the most common one wins, other rows are rejected."""
     currencies = (
-        orders.filter(orders.currency.notnull() & orders[REJECT_CODE].isnull())
+        orders.filter(orders.currency.notnull())
         .group_by("currency")
         .aggregate(n=_.count())
         .order_by([ibis.desc("n"), "currency"])
@@ -305,21 +314,23 @@ def _currency_check(orders: ibis.Table, notes: list[str]) -> ibis.Table:
 
 def _dedupe_events(events: ibis.Table) -> tuple[ibis.Table, int]:
     """At-least-once event pipelines repeat events: keep one row per event_id."""
+    if not _has_duplicates(events, "event_id"):
+        return events, 0
     counts = events.aggregate(distinct=_.event_id.nunique(), with_id=_.event_id.count()).to_pyarrow().to_pylist()[0]
     dropped = counts["with_id"] - counts["distinct"]
-    if not dropped:
-        return events, 0
     with_id = events.filter(events.event_id.notnull())
     first = with_id.mutate(_rn=ibis.row_number().over(group_by="event_id", order_by=["occurred_at", "event_type"]))
     return first.filter(first._rn == 0).drop("_rn").union(events.filter(events.event_id.isnull())), dropped
 
 
-def _summarise(name: str, staged: ibis.Table, rejects: ibis.Table, dropped: int) -> tuple[TableReport, list[Problem]]:
-    summary = (
-        staged.group_by([REJECT_COLUMN, REJECT_CODE]).aggregate(n=_.count(), reason=_[REJECT_REASON].arbitrary()).to_pyarrow().to_pylist()
-    )
-    read = sum(r["n"] for r in summary)
-    failing = sorted((r for r in summary if r[REJECT_CODE] is not None), key=lambda r: (-r["n"], r[REJECT_COLUMN], r[REJECT_CODE]))
+def _problem_counts(staged: ibis.Table) -> list[dict[str, object]]:
+    """One scan of a checked table: row counts per (column, code); code None = passed."""
+    return staged.group_by([REJECT_COLUMN, REJECT_CODE]).aggregate(n=_.count()).to_pyarrow().to_pylist()
+
+
+def _summarise(name: str, staged: ibis.Table, counts: list[dict[str, object]], dropped: int) -> tuple[TableReport, list[Problem]]:
+    read = sum(int(r["n"]) for r in counts)
+    failing = sorted((r for r in counts if r[REJECT_CODE] is not None), key=lambda r: (-int(r["n"]), r[REJECT_COLUMN], r[REJECT_CODE]))
     problems = []
     for r in failing:
         examples = (
@@ -331,9 +342,9 @@ def _summarise(name: str, staged: ibis.Table, rejects: ibis.Table, dropped: int)
             .to_pylist()
         )
         problems.append(
-            Problem(name, r[REJECT_COLUMN], r[REJECT_CODE], r["n"], tuple(e[ROW] for e in examples), examples[0][REJECT_REASON])
+            Problem(name, r[REJECT_COLUMN], r[REJECT_CODE], int(r["n"]), tuple(e[ROW] for e in examples), examples[0][REJECT_REASON])
         )
-    return TableReport(name, read, sum(r["n"] for r in failing), dropped), problems
+    return TableReport(name, read, sum(int(r["n"]) for r in failing), dropped), problems
 
 
 Stage = Callable[[str, ibis.Table], ibis.Table]
@@ -350,9 +361,9 @@ def validate_profile(
 
     Raises `ProfileError` for table-level problems (all of them at once). Row-level
     problems are returned as rejects and summarised in the report; this function does
-    not raise for them (see `raise_for_rejects`). `stage(name, table)` may materialise
-    each checked table once (the loader does), so the checks, the report, the rejects
-    and every feature family read the same computed rows instead of re-parsing.
+    not raise for them (see `raise_for_rejects`). `stage(name, table)` may materialise a
+    checked table that has rejects (the loader does), so the report, the rejects and the
+    feature families read the same computed rows instead of re-running the checks.
     """
     tables: dict[str, ibis.Table] = {}
     fatal: list[str] = []
@@ -374,27 +385,37 @@ def validate_profile(
     attribute_columns = [c for c in tables["customers"].columns if c != ROW and c not in {s.name for s in CUSTOMERS.columns}]
     notes: list[str] = []
 
-    customers = _reject_duplicates(_with_row_checks(tables["customers"], CUSTOMERS, attribute_columns), "customer_id")
-    customers = stage("customers", customers)
-    valid_ids = customers.filter(customers[REJECT_CODE].isnull()).customer_id
+    specs = {"customers": CUSTOMERS, "orders": ORDERS, "events": EVENTS}
+    attributes = {"customers": attribute_columns, "orders": [], "events": []}
+    staged: dict[str, ibis.Table] = {}
+    counts: dict[str, list[dict[str, object]]] = {}
+    clean: dict[str, ibis.Table] = {}
+
+    def finish(name: str, checked: ibis.Table) -> None:
+        # One scan counts every problem. A table without any is served straight from its
+        # typed projection (unused check columns are pruned); a table with rejects is
+        # staged once so the report, the rejects and the features read the same rows.
+        counts[name] = _problem_counts(checked)
+        if any(r[REJECT_CODE] is not None for r in counts[name]):
+            checked = stage(name, checked)
+            clean[name] = _clean(checked, specs[name], attributes[name])
+        else:
+            clean[name] = checked.select(*[c.name for c in specs[name].columns], *attributes[name])
+        staged[name] = checked
+
+    finish("customers", _reject_duplicates(_with_row_checks(tables["customers"], CUSTOMERS, attribute_columns), "customer_id"))
+    valid_ids = clean["customers"].customer_id
 
     orders = _with_row_checks(tables["orders"], ORDERS, [])
     orders = _reject_where(
         orders, orders.amount < 0, "amount", "negative", "amount " + orders.amount.cast("string") + " is negative"
     )
     orders = _reject_duplicates(orders, "order_id")
-    orders = stage("orders", _reject_unknown_customers(orders, valid_ids))
     if "currency" in tables["orders"].columns:
         orders = _currency_check(orders, notes)
+    finish("orders", _reject_unknown_customers(orders, valid_ids))
+    finish("events", _reject_unknown_customers(_with_row_checks(tables["events"], EVENTS, []), valid_ids))
 
-    events = stage("events", _reject_unknown_customers(_with_row_checks(tables["events"], EVENTS, []), valid_ids))
-
-    staged = {"customers": customers, "orders": orders, "events": events}
-    clean = {
-        "customers": _clean(customers, CUSTOMERS, attribute_columns),
-        "orders": _clean(orders, ORDERS, []),
-        "events": _clean(events, EVENTS, []),
-    }
     dropped = 0
     if "event_id" in tables["events"].columns:
         clean["events"], dropped = _dedupe_events(clean["events"])
@@ -403,7 +424,7 @@ def validate_profile(
     reports: list[TableReport] = []
     problems: list[Problem] = []
     for name, t in staged.items():
-        table_report, table_problems = _summarise(name, t, rejects[name], dropped if name == "events" else 0)
+        table_report, table_problems = _summarise(name, t, counts[name], dropped if name == "events" else 0)
         reports.append(table_report)
         problems.extend(table_problems)
     report = ValidationReport(tuple(reports), tuple(problems), max_reject_share, tuple(notes))

@@ -6,12 +6,15 @@ Heavy libraries are imported inside the commands so `--help` stays fast.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -26,8 +29,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Generate, import and validate unified-profile data.", no_args_is_help=True)
 features_app = typer.Typer(help="Build point-in-time feature tables.", no_args_is_help=True)
+models_app = typer.Typer(help="List, promote and roll back the registered models (MLflow aliases).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
+app.add_typer(models_app, name="models")
 
 console = Console(stderr=True)
 out = Console()
@@ -164,7 +169,8 @@ def features_build(
     with _errors_as_exit():
         from features.backend import connect
         from features.io import load_profile, write_parquet
-        from features.pipeline import build_features
+        from features.families.attributes import AttributeParams
+        from features.pipeline import FeatureParams, build_features
         from features.timeutil import to_utc_naive
 
         settings = _settings()
@@ -177,7 +183,8 @@ def features_build(
         )
         if loaded.report.rows_rejected:
             console.print(f"[yellow]![/] {loaded.report.rows_rejected:,} row(s) rejected; see {loaded.rejects_path}")
-        expr = build_features(loaded.profile, cutoff, pii_columns=settings.pii_columns)
+        params = FeatureParams(attributes=AttributeParams(pii_columns=settings.pii_columns))
+        expr = build_features(loaded.profile, cutoff, params)
         _run_step(f"build features as of {cutoff:%Y-%m-%d %H:%M:%S} -> {out_file}", lambda: write_parquet(expr, out_file))
         import pyarrow.parquet as pq
 
@@ -191,15 +198,289 @@ def demo(
     customers: Annotated[int, typer.Option("--customers", min=100)] = 50_000,
     seed: Annotated[int, typer.Option("--seed")] = 7,
 ) -> None:
-    """Generate a synthetic profile, validate it and build its features."""
-    with _errors_as_exit():
-        from features.synthetic import TRUTH_AS_OF
+    """Generate a synthetic profile, validate it, build its features, train all models and promote them."""
+    with _errors_as_exit(), _mlflow_errors_as_exit():
+        from features.synthetic import DATA_END, TRUTH_AS_OF, TRUTH_HORIZON_DAYS
 
+        start = time.perf_counter()
         profile_dir = out_dir / "profile"
         data_generate(out_dir=profile_dir, customers=customers, seed=seed)
         features_file = out_dir / "features.parquet"
         features_build(profile=profile_dir, as_of=TRUTH_AS_OF.isoformat(), out_file=features_file)
-        out.print(f"demo done: profile in {profile_dir}, features in {features_file}")
+        # Train at the end of the data: validation then falls on the truth window [TRUTH_AS_OF, DATA_END).
+        outcomes = _train_and_report(
+            tasks=list(TRAIN_TASKS), profile=profile_dir, as_of=DATA_END.isoformat(), horizon=f"{TRUTH_HORIZON_DAYS}d"
+        )
+        from training.tracking import tracking_uri
+
+        out.print(f"demo done in {time.perf_counter() - start:.0f} s:")
+        out.print(f"- profile: {profile_dir} (ground truth in truth.parquet)", highlight=False)
+        out.print(f"- features as of {TRUTH_AS_OF:%Y-%m-%d}: {features_file}", highlight=False)
+        uri = tracking_uri(_training_settings())
+        out.print(f"- MLflow store: {uri} (browse: mlflow ui --backend-store-uri {uri})", highlight=False)
+        out.print("- report: notebooks/model_report.ipynb; registry: crm-scoring models list", highlight=False)
+        for o in outcomes:
+            if o.version is not None:
+                state = "champion" if o.decision is not None and o.decision.promoted else "candidate"
+                out.print(f"- models:/{o.model_name}/{o.version} ({state})", highlight=False)
+        _fail_if_any_failed(outcomes)
+
+
+# --------------------------------------------------------------------------------------
+# train and models (MLflow)
+# --------------------------------------------------------------------------------------
+
+
+class TrainTask(str, Enum):
+    lead = "lead"
+    churn = "churn"
+    ltv = "ltv"
+    all = "all"
+
+
+#: The order `train all` runs the models in.
+TRAIN_TASKS: tuple[str, ...] = ("lead", "churn", "ltv")
+
+
+def _training_settings():  # type: ignore[no-untyped-def]
+    from training.config import TrainingSettings
+
+    return TrainingSettings()
+
+
+def _quiet_mlflow() -> None:
+    # MLflow logs INFO/WARNING chatter (store migrations, pickling advice) that would bury the
+    # progress lines; its errors still raise.
+    import mlflow  # noqa: F401 - configures its loggers on import; override after
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextmanager
+def _mlflow_errors_as_exit() -> Iterator[None]:
+    """MLflow errors the training layer did not translate (e.g. an unreachable server): one line."""
+    try:
+        yield
+    except Exception as exc:
+        if type(exc).__name__ == "MlflowException" or type(exc).__module__.startswith("mlflow."):
+            message = str(getattr(exc, "message", exc)).strip().splitlines()
+            _fail(f"MLflow: {message[0] if message else type(exc).__name__}")
+        raise
+
+
+@dataclass
+class _TrainOutcome:
+    model_name: str
+    result: Any = None
+    run_id: str | None = None
+    version: str | None = None
+    decision: Any = None
+    error: str | None = None
+
+
+def _progress() -> Callable[[str], None]:
+    """Training progress as dim lines (kept in CI logs, where the spinner is not shown)."""
+
+    def report(message: str) -> None:
+        console.print(f"  [dim]{message}[/]", highlight=False)
+
+    return report
+
+
+def _train_one(outcome: _TrainOutcome, task: str, cache: Any, as_of: Any, horizon_days: int, settings: Any, promote: bool) -> None:
+    """Train, log and gate one model, filling `outcome` as it goes (so a late failure keeps the version)."""
+    from training import registry, train
+    from training.tracking import log_training_result
+
+    name = outcome.model_name
+    progress = _progress()
+
+    def fit() -> Any:
+        # The models' configs keep their defaults but for the feature parameters (configured PII columns).
+        if task == "ltv":
+            config = train.LtvConfig(features=cache.params)
+            return train.train_ltv(cache.source, as_of, horizon_days, config, progress=progress)
+        config = train.ClassifierConfig(features=cache.params)
+        return train.train_classifier(cache.source, task, as_of, horizon_days, config, progress=progress, cache=cache)
+
+    outcome.result = _run_step(f"train {name}", fit)
+    outcome.run_id, outcome.version = _run_step(f"log {name} to MLflow", lambda: log_training_result(outcome.result, settings))
+    if promote:
+        outcome.decision = _run_step(
+            f"promotion gate for {name} v{outcome.version}",
+            lambda: registry.promote(name, outcome.version, settings=settings, validation=outcome.result.validation),
+        )
+        mark = "[green]promoted[/]" if outcome.decision.promoted else "[yellow]kept the champion[/]"
+        console.print(f"  {mark}: {outcome.decision.reason}", highlight=False)
+
+
+def _train_and_report(
+    tasks: list[str], profile: Path, as_of: str, horizon: str, rejects: Path | None = None, promote: bool = True
+) -> list[_TrainOutcome]:
+    """Load the profile once, then train, log and (by default) promote each model; print the summary."""
+    from features.backend import connect
+    from features.errors import CrmScoringError
+    from features.io import load_profile
+    from features.timeutil import parse_horizon, to_utc_naive
+    from features.families.attributes import AttributeParams
+    from features.pipeline import FeatureParams
+    from training.datasets import FeatureCache
+    from training.results import TASK_TO_MODEL
+    from training.tracking import configure, tracking_uri
+
+    features_settings = _settings()
+    settings = _training_settings()
+    cutoff = to_utc_naive(as_of)
+    horizon_days = parse_horizon(horizon)
+    _quiet_mlflow()
+    _run_step(f"open the MLflow store {tracking_uri(settings)}", lambda: configure(settings))
+    rejects_path = rejects or _default_rejects_path(profile)
+    con = connect(features_settings)
+    loaded = _run_step(
+        f"load and validate {profile}",
+        lambda: load_profile(con, profile, rejects_path=rejects_path, max_reject_share=features_settings.max_reject_share),
+    )
+    if loaded.report.rows_rejected:
+        console.print(f"[yellow]![/] {loaded.report.rows_rejected:,} row(s) rejected; see {loaded.rejects_path}")
+    console.print(f"as of {cutoff:%Y-%m-%d %H:%M:%S}, horizon {horizon_days} days", highlight=False)
+    # lead and churn share cut-offs, hence feature tables: build each once (lazily).
+    params = FeatureParams(attributes=AttributeParams(pii_columns=features_settings.pii_columns))
+    cache = FeatureCache(loaded.profile, cutoff, params, progress=_progress())
+    outcomes = []
+    for task in tasks:
+        # One model failing (too few positives, a fit that does not converge) must not cost the others.
+        outcome = _TrainOutcome(TASK_TO_MODEL[task])
+        outcomes.append(outcome)
+        try:
+            _train_one(outcome, task, cache, cutoff, horizon_days, settings, promote)
+        except (CrmScoringError, ValueError) as exc:
+            outcome.error = " ".join(str(exc).split())
+            console.print(f"[red]✗[/] {outcome.model_name}: {outcome.error}", highlight=False)
+    _print_training_summary(outcomes)
+    return outcomes
+
+
+def _gate_text(decision: Any) -> str:
+    """The gate's own numbers: both models scored on the candidate's validation rows."""
+    if decision is None:
+        return "not run (--no-promote)"
+    if decision.candidate_value is None or decision.champion_value is None:
+        return decision.reason.split(":")[0]  # "no champion yet", "forced ...", "champion vN cannot be scored ..."
+    return f"{decision.candidate_value:.4f} vs v{decision.champion_version} {decision.champion_value:.4f}"
+
+
+def _print_training_summary(outcomes: list[_TrainOutcome]) -> None:
+    from training.model_card import baseline_metrics
+
+    table = Table(
+        "model", "version", "primary metric (out of time)", "baselines", "gate: candidate vs champion", "promoted",
+        title="training",
+    )
+    for o in outcomes:
+        if o.error is not None:
+            table.add_row(o.model_name, o.version or "-", "-", "-", "-", f"[red]failed[/]: {o.error}")
+            continue
+        primary = o.result.primary_metric
+        value = o.result.metrics.get(primary.name, float("nan"))
+        baselines = baseline_metrics(o.result.metrics, primary.name)
+        baseline_text = ", ".join(f"{b} {v:.4f}" for b, v in sorted(baselines.items())) or "-"
+        d = o.decision
+        promoted = "-" if d is None else ("[green]yes[/]" if d.promoted else "[yellow]no[/]") + (" (forced)" if d.forced else "")
+        table.add_row(o.model_name, str(o.version), f"{primary.name} {value:.4f}", baseline_text, _gate_text(d), promoted)
+    out.print(table)
+
+
+def _fail_if_any_failed(outcomes: list[_TrainOutcome]) -> None:
+    failed = [o for o in outcomes if o.error is not None]
+    if failed:
+        _fail(f"{len(failed)} of {len(outcomes)} model(s) failed: " + "; ".join(f"{o.model_name}: {o.error}" for o in failed))
+
+
+@app.command("train")
+def train(
+    task: Annotated[TrainTask, typer.Argument(help="Which model to train (all: lead, churn and ltv).")],
+    profile: ProfileOption,
+    as_of: Annotated[str, typer.Option("--as-of", help="Cut-off instant (UTC): nothing at or after it is read.")],
+    horizon: Annotated[str, typer.Option("--horizon", help="Label / prediction horizon, e.g. 90d or 39w.")] = "90d",
+    rejects: Annotated[
+        Path | None, typer.Option("--rejects", help="Rejects file (default: rejects.csv beside the profile).")
+    ] = None,
+    promote: Annotated[
+        bool, typer.Option("--promote/--no-promote", help="Run the promotion gate after logging each model.")
+    ] = True,
+) -> None:
+    """Train out-of-time, log each model to MLflow, register it and run the promotion gate."""
+    with _errors_as_exit(), _mlflow_errors_as_exit():
+        tasks = list(TRAIN_TASKS) if task is TrainTask.all else [task.value]
+        outcomes = _train_and_report(tasks, profile, as_of, horizon, rejects=rejects, promote=promote)
+        _fail_if_any_failed(outcomes)
+
+
+@models_app.command("list")
+def models_list(
+    name: Annotated[str | None, typer.Option("--name", help="Only this model (lead_scoring, churn_propensity, customer_ltv).")] = None,
+) -> None:
+    """Every registered version with its aliases, window and primary metric."""
+    with _errors_as_exit(), _mlflow_errors_as_exit():
+        from training import registry
+        from training.results import MODEL_NAMES
+        from training.tracking import tracking_uri
+
+        settings = _training_settings()
+        _quiet_mlflow()
+        if name is not None and name not in MODEL_NAMES:
+            raise registry.ModelNotFoundError(f"unknown model {name!r}; registered models are {', '.join(MODEL_NAMES)}")
+        infos = registry.list_models(settings, names=(name,) if name else MODEL_NAMES)
+        if not infos:
+            out.print(f"no registered models in {tracking_uri(settings)}", highlight=False)
+            return
+        table = Table("model", "version", "aliases", "as of", "horizon", "primary metric", "best baseline", "created", title="models")
+        for i in infos:
+            best = i.best_baseline()
+            table.add_row(
+                i.name,
+                i.version,
+                ", ".join(i.aliases) or "-",
+                (i.as_of or "-")[:10],
+                f"{i.horizon_days} d" if i.horizon_days else "-",
+                f"{i.primary_metric} {i.primary_value:.4f}" if i.primary_value is not None else (i.primary_metric or "-"),
+                f"{best[0]} {best[1]:.4f}" if best else "-",
+                f"{i.created_at:%Y-%m-%d %H:%M}" if i.created_at else "-",
+            )
+        out.print(table)
+
+
+@models_app.command("promote")
+def models_promote(
+    name: Annotated[str, typer.Argument(help="Registered model: lead_scoring, churn_propensity or customer_ltv.")],
+    version: Annotated[str, typer.Argument(help="Version to make champion.")],
+    force: Annotated[bool, typer.Option("--force", help="Skip the gate and move the champion alias anyway.")] = False,
+) -> None:
+    """Make VERSION the champion if it is not worse than the current one on its validation window."""
+    with _errors_as_exit(), _mlflow_errors_as_exit():
+        from training import registry
+
+        settings = _training_settings()
+        _quiet_mlflow()
+        decision = _run_step(f"promotion gate for {name} v{version}", lambda: registry.promote(name, version, force, settings))
+        if not decision.promoted:
+            _fail(decision.summary())
+        out.print(decision.summary(), highlight=False, soft_wrap=True)
+
+
+@models_app.command("rollback")
+def models_rollback(
+    name: Annotated[str, typer.Argument(help="Registered model: lead_scoring, churn_propensity or customer_ltv.")],
+) -> None:
+    """Give the champion alias back to the previous champion."""
+    with _errors_as_exit(), _mlflow_errors_as_exit():
+        from training import registry
+
+        settings = _training_settings()
+        _quiet_mlflow()
+        result = registry.rollback(name, settings)
+        out.print(f"{result.name}: champion v{result.from_version} -> v{result.to_version}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point helper
