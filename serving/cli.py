@@ -321,10 +321,10 @@ def _train_and_report(
     """Load the profile once, then train, log and (by default) promote each model; print the summary."""
     from features.backend import connect
     from features.errors import CrmScoringError
-    from features.io import load_profile
-    from features.timeutil import parse_horizon, to_utc_naive
     from features.families.attributes import AttributeParams
+    from features.io import load_profile
     from features.pipeline import FeatureParams
+    from features.timeutil import parse_horizon, to_utc_naive
     from training.datasets import FeatureCache
     from training.results import TASK_TO_MODEL
     from training.tracking import configure, tracking_uri
@@ -333,8 +333,6 @@ def _train_and_report(
     settings = _training_settings()
     cutoff = to_utc_naive(as_of)
     horizon_days = parse_horizon(horizon)
-    _quiet_mlflow()
-    _run_step(f"open the MLflow store {tracking_uri(settings)}", lambda: configure(settings))
     rejects_path = rejects or _default_rejects_path(profile)
     con = connect(features_settings)
     loaded = _run_step(
@@ -343,6 +341,9 @@ def _train_and_report(
     )
     if loaded.report.rows_rejected:
         console.print(f"[yellow]![/] {loaded.report.rows_rejected:,} row(s) rejected; see {loaded.rejects_path}")
+    # The store is opened (and created if missing) only once the input is known to be usable.
+    _quiet_mlflow()
+    _run_step(f"open the MLflow store {tracking_uri(settings)}", lambda: configure(settings))
     console.print(f"as of {cutoff:%Y-%m-%d %H:%M:%S}, horizon {horizon_days} days", highlight=False)
     # lead and churn share cut-offs, hence feature tables: build each once (lazily).
     params = FeatureParams(attributes=AttributeParams(pii_columns=features_settings.pii_columns))

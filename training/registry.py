@@ -1,0 +1,524 @@
+"""The model registry: champion aliases, the promotion gate, rollback, listing, loading.
+
+Aliases only, never stages. Per registered model (lead_scoring, churn_propensity,
+customer_ltv):
+
+* `champion` is the version serving uses (`models:/<name>@champion`);
+* `previous_champion` is the champion before it (for people looking at the MLflow UI);
+* the registered-model tag `crm.champion_history` keeps every promotion in order
+  (e.g. "1,3,4"), so `rollback` can go back more than one step: it drops the last entry and
+  moves `champion` to the one before. A rolled-back version gets the tag `crm.rolled_back_at`;
+  promoted versions get `crm.promoted_at` and `crm.promotion_reason`.
+
+The gate (`promote`) scores the candidate and the champion on the candidate's validation rows
+(the parquet logged with the candidate's run, or the in-memory frame right after training)
+with the candidate's primary metric and moves the alias only when the candidate is not worse
+beyond the configured tolerance (see `training.config`), or with `force`. When the gate
+fails, no alias or tag changes, and the decision says why, with the numbers.
+
+Metrics the gate can compute (chosen by the primary metric's name): `roc_auc`, `pr_auc` /
+`average_precision`, `brier`, `log_loss` on the positive-class probability against the
+`label` column (classifiers); `mae`, `rmse` on `expected_purchases` against
+`holdout_purchases` (customer_ltv).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from features.errors import CrmScoringError
+from training import tracking
+from training.results import MODEL_NAMES
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+    from training.config import TrainingSettings
+
+CHAMPION = "champion"
+PREVIOUS_CHAMPION = "previous_champion"
+HISTORY_TAG = "crm.champion_history"
+TAG_PROMOTED_AT = "crm.promoted_at"
+TAG_PROMOTION_REASON = "crm.promotion_reason"
+TAG_ROLLED_BACK_AT = "crm.rolled_back_at"
+
+
+class RegistryError(CrmScoringError):
+    """A registry operation cannot be done (the message says why)."""
+
+
+class ModelNotFoundError(RegistryError):
+    """No such registered model, version or champion."""
+
+
+# --------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    """What the gate decided and why. `promoted` is True when `version` is the champion afterwards."""
+
+    name: str
+    version: str
+    promoted: bool
+    reason: str
+    forced: bool = False
+    metric: str | None = None
+    greater_is_better: bool | None = None
+    candidate_value: float | None = None
+    champion_version: str | None = None
+    champion_value: float | None = None
+    tolerance: float | None = None
+    rows_scored: int = 0
+
+    def summary(self) -> str:
+        verdict = "promoted" if self.promoted else "not promoted"
+        return f"{self.name} v{self.version} {verdict}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    name: str
+    from_version: str
+    to_version: str
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    """One registered version, as `models list` shows it."""
+
+    name: str
+    version: str
+    aliases: tuple[str, ...]
+    run_id: str | None
+    as_of: str | None
+    horizon_days: int | None
+    primary_metric: str | None
+    primary_value: float | None
+    greater_is_better: bool = True
+    metrics: dict[str, float] = field(default_factory=dict)
+    created_at: datetime | None = None
+
+    @property
+    def is_champion(self) -> bool:
+        return CHAMPION in self.aliases
+
+    def baselines(self) -> dict[str, float]:
+        """Baselines' values of the primary metric (`baseline_<name>_<primary>`)."""
+        from training.model_card import baseline_metrics
+
+        return baseline_metrics(self.metrics, self.primary_metric) if self.primary_metric else {}
+
+    def best_baseline(self) -> tuple[str, float] | None:
+        """The strongest baseline on the primary metric (the one the model must beat)."""
+        baselines = self.baselines()
+        if not baselines:
+            return None
+        pick = max if self.greater_is_better else min
+        return pick(baselines.items(), key=lambda item: item[1])
+
+
+@dataclass
+class ChampionModel:
+    """The serving model of one name: the loaded pyfunc and what it was trained on."""
+
+    name: str
+    version: str
+    run_id: str | None
+    as_of: str | None
+    horizon_days: int | None
+    metrics: dict[str, float]
+    model: Any  # mlflow.pyfunc.PyFuncModel
+
+    def predict(self, features: pd.DataFrame) -> pd.DataFrame:
+        return self.model.predict(features)
+
+
+# --------------------------------------------------------------------------------------
+# Store access
+# --------------------------------------------------------------------------------------
+
+
+def _client(settings: TrainingSettings) -> MlflowClient:
+    """A client on an existing store; a missing local store is an error, not a new empty one."""
+    uri = tracking.tracking_uri(settings)
+    db = tracking.local_store_path(uri)
+    if db is not None and not db.exists():
+        raise ModelNotFoundError(f"no MLflow store at {db}: train a model first (crm-scoring train ...)")
+    import mlflow
+
+    # pyfunc.load_model("models:/...") resolves through the global registry URI.
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return tracking.client(settings)
+
+
+def _check_name(name: str) -> None:
+    if name not in MODEL_NAMES:
+        raise ModelNotFoundError(f"unknown model {name!r}; registered models are {', '.join(MODEL_NAMES)}")
+
+
+def _is_missing(exc: Exception) -> bool:
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _registered_versions(client: MlflowClient, name: str) -> list[ModelVersion]:
+    versions = client.search_model_versions(f"name = '{name}'")
+    return sorted(versions, key=lambda v: int(v.version))
+
+
+def _model_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if not _is_missing(exc):
+            raise RegistryError(f"{name} v{version}: {tracking.first_line(exc)}") from exc
+    known = [str(v.version) for v in _registered_versions(client, name)]
+    if not known:
+        raise ModelNotFoundError(f"{name} has no registered version yet")
+    raise ModelNotFoundError(f"{name} has no version {version} (versions: {', '.join(known)})")
+
+
+def _champion_version(client: MlflowClient, name: str) -> str | None:
+    # Read from the registered model's alias map: a missing alias is not an error there.
+    version = (client.get_registered_model(name).aliases or {}).get(CHAMPION)
+    return None if version is None else str(version)
+
+
+def _history(client: MlflowClient, name: str, champion: str | None) -> list[str]:
+    """Promotion history, reconciled with the alias (someone may have moved it in the UI)."""
+    model = client.get_registered_model(name)
+    text = (model.tags or {}).get(HISTORY_TAG, "")
+    history = [v for v in text.split(",") if v.strip()]
+    if champion is not None and (not history or history[-1] != champion):
+        history.append(champion)
+    return history
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------------------
+# The gate
+# --------------------------------------------------------------------------------------
+
+
+def _metric_function(metric: str, model_name: str) -> tuple[str, Callable[[np.ndarray, np.ndarray], float]]:
+    """(prediction column, metric(y_true, y_pred)) for a primary-metric name."""
+    from sklearn import metrics as skm
+
+    lowered = metric.lower()
+    if model_name == "customer_ltv":
+        # Revenue errors would need the holdout revenue and an undiscounted CLV: not a gate metric (yet).
+        if "revenue" not in lowered and "clv" not in lowered:
+            if "rmse" in lowered:
+                return "expected_purchases", lambda y, p: float(np.sqrt(np.mean((y - p) ** 2)))
+            if "mae" in lowered:
+                return "expected_purchases", lambda y, p: float(np.mean(np.abs(y - p)))
+    else:
+        if "roc_auc" in lowered:
+            return "probability", lambda y, p: float(skm.roc_auc_score(y, p))
+        if "pr_auc" in lowered or "average_precision" in lowered:
+            return "probability", lambda y, p: float(skm.average_precision_score(y, p))
+        if "brier" in lowered:
+            return "probability", lambda y, p: float(skm.brier_score_loss(y, p))
+        if "log_loss" in lowered:
+            return "probability", lambda y, p: float(skm.log_loss(y, p, labels=[0, 1]))
+    raise RegistryError(f"{model_name}: the promotion gate cannot compute the primary metric {metric!r}")
+
+
+def _predict(model: Any, validation: pd.DataFrame, column: str) -> np.ndarray:
+    # Only the columns the model declares: extra ones (labels, ids) would only raise warnings.
+    schema = model.metadata.get_input_schema()
+    frame = validation
+    if schema is not None:
+        # Name the missing columns ourselves: MLflow's schema error dumps the whole frame.
+        missing = [n for n in schema.required_input_names() if n not in validation.columns]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise RegistryError(f"the model needs column(s) the validation rows lack: {shown}")
+        frame = validation[[n for n in schema.input_names() if n in validation.columns]]
+    output = model.predict(frame)
+    if isinstance(output, pd.DataFrame):
+        values = output[column] if column in output.columns else output.iloc[:, 0]
+    else:
+        values = np.asarray(output)
+        values = values[:, -1] if values.ndim == 2 else values
+    array = np.asarray(values, dtype="float64").reshape(-1)
+    if len(array) != len(validation):
+        raise RegistryError(f"the model returned {len(array)} predictions for {len(validation)} rows")
+    return array
+
+
+def _load_pyfunc(uri: str) -> Any:
+    import mlflow
+
+    return mlflow.pyfunc.load_model(uri)
+
+
+def _passes(candidate: float, champion: float, greater_is_better: bool, settings: TrainingSettings) -> tuple[bool, float, str]:
+    """(passes, tolerance, how the tolerance reads) for one comparison."""
+    if greater_is_better:
+        tol = settings.promotion_tolerance_auc
+        return candidate >= champion - tol, tol, f"may be at most {tol:g} below"
+    tol = settings.promotion_tolerance_mae_relative
+    return candidate <= champion * (1.0 + tol), tol, f"may be at most {tol:.1%} above"
+
+
+def _validation_frame(mv: ModelVersion, validation: pd.DataFrame | None, settings: TrainingSettings) -> pd.DataFrame:
+    if validation is not None:
+        return validation
+    if not mv.run_id:
+        raise RegistryError(f"{mv.name} v{mv.version} has no run, hence no validation rows to compare on")
+    return tracking.download_validation(mv.run_id, settings)
+
+
+def _gate_facts(client: MlflowClient, mv: ModelVersion) -> tuple[str, bool, str]:
+    """(primary metric, greater is better, label column) from the version's run (or its tags)."""
+    tags = dict(mv.tags or {})
+    if mv.run_id:
+        tags = {**client.get_run(mv.run_id).data.tags, **tags}
+    metric = tags.get(tracking.TAG_PRIMARY_METRIC)
+    if not metric:
+        raise RegistryError(f"{mv.name} v{mv.version} records no primary metric ({tracking.TAG_PRIMARY_METRIC} tag)")
+    greater = tags.get(tracking.TAG_GREATER_IS_BETTER, "true").lower() == "true"
+    label = tags.get(tracking.TAG_LABEL_COLUMN) or tracking.LABEL_COLUMNS[mv.name]
+    return metric, greater, label
+
+
+def promote(
+    name: str,
+    version: str | int,
+    force: bool = False,
+    settings: TrainingSettings | None = None,
+    validation: pd.DataFrame | None = None,
+) -> PromotionDecision:
+    """Make `version` the champion if it is not worse than the current one (or with `force`).
+
+    validation: the candidate's validation rows when already in memory (right after training);
+    otherwise they are read from the candidate's run.
+    """
+    settings = tracking.resolve_settings(settings)
+    _check_name(name)
+    version = str(version)
+    client = _client(settings)
+    mv = _model_version(client, name, version)
+    champion = _champion_version(client, name)
+
+    if champion == version:
+        return PromotionDecision(name, version, True, f"v{version} is already the champion", champion_version=champion)
+    if champion is None:
+        decision = PromotionDecision(name, version, True, "no champion yet: the first candidate becomes champion")
+        _set_champion(client, name, version, None, decision.reason)
+        return decision
+    if force:
+        decision = PromotionDecision(
+            name, version, True, f"forced over champion v{champion} (gate skipped)", forced=True, champion_version=champion
+        )
+        _set_champion(client, name, version, champion, decision.reason)
+        return decision
+
+    metric, greater, label = _gate_facts(client, mv)
+    frame = _validation_frame(mv, validation, settings)
+    if label not in frame.columns:
+        raise RegistryError(f"{name} v{version}: the validation rows have no {label!r} column")
+    column, score = _metric_function(metric, name)
+    outcome = pd.to_numeric(frame[label].astype("float64"), errors="coerce").to_numpy()
+
+    try:
+        candidate_pred = _predict(_load_pyfunc(f"models:/{name}/{version}"), frame, column)
+    except Exception as exc:  # noqa: BLE001 - MLflow / model errors of any kind: the candidate is unusable
+        raise RegistryError(f"{name} v{version} cannot score its own validation rows: {tracking.first_line(exc)}") from exc
+    try:
+        champion_pred = _predict(_load_pyfunc(f"models:/{name}/{champion}"), frame, column)
+    except Exception as exc:  # noqa: BLE001 - an unloadable champion must not block a decision silently
+        return PromotionDecision(
+            name,
+            version,
+            False,
+            f"champion v{champion} cannot be scored on the candidate's validation rows "
+            f"({tracking.first_line(exc)}); use --force to replace it",
+            metric=metric,
+            greater_is_better=greater,
+            champion_version=champion,
+        )
+
+    mask = np.isfinite(outcome) & np.isfinite(candidate_pred) & np.isfinite(champion_pred)
+    rows = int(mask.sum())
+    if rows == 0:
+        raise RegistryError(f"{name} v{version}: no validation row has an outcome and both predictions")
+    try:
+        candidate_value = score(outcome[mask], candidate_pred[mask])
+        champion_value = score(outcome[mask], champion_pred[mask])
+    except ValueError as exc:  # e.g. a single class in the labels: AUC undefined
+        raise RegistryError(f"{name} v{version}: {metric} cannot be computed on the validation rows: {exc}") from exc
+
+    ok, tol, rule = _passes(candidate_value, champion_value, greater, settings)
+    numbers = (
+        f"{metric} {candidate_value:.4f} vs champion v{champion} {champion_value:.4f} on {rows:,} validation rows "
+        f"(the candidate {rule} the champion)"
+    )
+    decision = PromotionDecision(
+        name,
+        version,
+        ok,
+        ("gate passed: " if ok else "gate failed: ") + numbers,
+        metric=metric,
+        greater_is_better=greater,
+        candidate_value=candidate_value,
+        champion_version=champion,
+        champion_value=champion_value,
+        tolerance=tol,
+        rows_scored=rows,
+    )
+    if ok:
+        _set_champion(client, name, version, champion, decision.reason)
+    return decision
+
+
+def _set_champion(client: MlflowClient, name: str, version: str, current: str | None, reason: str) -> None:
+    history = _history(client, name, current)
+    history.append(version)
+    # previous_champion first: if the champion move fails, serving is unchanged.
+    if current is not None:
+        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, current)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history))
+    client.set_model_version_tag(name, version, TAG_PROMOTED_AT, _now())
+    client.set_model_version_tag(name, version, TAG_PROMOTION_REASON, reason[:4000])
+
+
+def rollback(name: str, settings: TrainingSettings | None = None) -> RollbackResult:
+    """Restore the champion before the current one (repeatable: walks back the promotion history)."""
+    settings = tracking.resolve_settings(settings)
+    _check_name(name)
+    client = _client(settings)
+    _ensure_registered(client, name)
+    current = _champion_version(client, name)
+    if current is None:
+        raise ModelNotFoundError(f"{name} has no champion to roll back")
+    history = _history(client, name, current)
+    history.pop()
+    existing = {str(v.version) for v in _registered_versions(client, name)}
+    while history and history[-1] not in existing:  # a deleted version cannot serve again
+        history.pop()
+    if not history:
+        raise RegistryError(f"{name} has no previous champion to roll back to (v{current} is the only one promoted)")
+    target = history[-1]
+    client.set_registered_model_alias(name, CHAMPION, target)
+    if len(history) >= 2:
+        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, history[-2])
+    else:
+        client.delete_registered_model_alias(name, PREVIOUS_CHAMPION)
+    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history))
+    client.set_model_version_tag(name, current, TAG_ROLLED_BACK_AT, _now())
+    return RollbackResult(name, current, target)
+
+
+def _ensure_registered(client: MlflowClient, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if _is_missing(exc):
+            raise ModelNotFoundError(f"{name} is not registered yet: train it first") from exc
+        raise RegistryError(f"{name}: {tracking.first_line(exc)}") from exc
+
+
+# --------------------------------------------------------------------------------------
+# Listing and loading
+# --------------------------------------------------------------------------------------
+
+
+def _info(client: MlflowClient, mv: ModelVersion, aliases: dict[str, list[str]]) -> ModelVersionInfo:
+    tags = dict(mv.tags or {})
+    metrics: dict[str, float] = {}
+    if mv.run_id:
+        run = client.get_run(mv.run_id)
+        metrics = dict(run.data.metrics)
+        tags = {**run.data.tags, **tags}
+    primary = tags.get(tracking.TAG_PRIMARY_METRIC)
+    value = metrics.get(primary) if primary else None
+    horizon = tags.get(tracking.TAG_HORIZON_DAYS)
+    created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC) if mv.creation_timestamp else None
+    return ModelVersionInfo(
+        name=mv.name,
+        version=str(mv.version),
+        aliases=tuple(sorted(aliases.get(str(mv.version), []))),
+        run_id=mv.run_id,
+        as_of=tags.get(tracking.TAG_AS_OF),
+        horizon_days=int(horizon) if horizon and horizon.isdigit() else None,
+        primary_metric=primary,
+        primary_value=None if value is None or not math.isfinite(value) else float(value),
+        greater_is_better=tags.get(tracking.TAG_GREATER_IS_BETTER, "true").lower() == "true",
+        metrics=metrics,
+        created_at=created,
+    )
+
+
+def list_models(settings: TrainingSettings | None = None, names: tuple[str, ...] = MODEL_NAMES) -> list[ModelVersionInfo]:
+    """Every registered version of the crm-scoring models, newest first within each name."""
+    from mlflow.exceptions import MlflowException
+
+    settings = tracking.resolve_settings(settings)
+    db = tracking.local_store_path(tracking.tracking_uri(settings))
+    if db is not None and not db.exists():
+        return []  # no local store yet: nothing registered (and nothing created by looking)
+    client = _client(settings)
+    infos: list[ModelVersionInfo] = []
+    for name in names:
+        try:
+            model = client.get_registered_model(name)
+        except MlflowException as exc:
+            if _is_missing(exc):
+                continue
+            raise RegistryError(f"{name}: {tracking.first_line(exc)}") from exc
+        by_version: dict[str, list[str]] = {}
+        for alias, version in (model.aliases or {}).items():
+            by_version.setdefault(str(version), []).append(alias)
+        for mv in reversed(_registered_versions(client, name)):
+            infos.append(_info(client, mv, by_version))
+    return infos
+
+
+def champions(settings: TrainingSettings | None = None) -> list[ModelVersionInfo]:
+    """The champion version of each model that has one (without loading the models)."""
+    return [info for info in list_models(settings) if info.is_champion]
+
+
+def metrics_table(infos: list[ModelVersionInfo]) -> pd.DataFrame:
+    """Metric name x model (rows: metrics; columns: '<name> v<version>'), for reports."""
+    columns = {f"{i.name} v{i.version}": pd.Series(i.metrics, dtype="float64") for i in infos}
+    return pd.DataFrame(columns).sort_index()
+
+
+def load_champion(name: str, settings: TrainingSettings | None = None) -> ChampionModel:
+    """Load `models:/<name>@champion` for serving, with what it was trained on."""
+    settings = tracking.resolve_settings(settings)
+    _check_name(name)
+    client = _client(settings)
+    _ensure_registered(client, name)
+    version = _champion_version(client, name)
+    if version is None:
+        raise ModelNotFoundError(f"{name} has no champion: promote a version first (crm-scoring models promote)")
+    mv = client.get_model_version(name, version)
+    info = _info(client, mv, {version: [CHAMPION]})
+    try:
+        model = _load_pyfunc(f"models:/{name}/{version}")  # the version read above, even if the alias moves
+    except Exception as exc:  # noqa: BLE001 - report any load failure as one line
+        raise RegistryError(f"{name} champion v{version} cannot be loaded: {tracking.first_line(exc)}") from exc
+    return ChampionModel(name, version, mv.run_id, info.as_of, info.horizon_days, info.metrics, model)
