@@ -35,7 +35,7 @@ import pandas as pd
 
 from features.errors import CrmScoringError
 from training import tracking
-from training.results import MODEL_NAMES
+from training.results import MODEL_NAMES, OOT_PREDICTION
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -338,10 +338,15 @@ def promote(
     column, score = _metric_function(metric, name)
     outcome = pd.to_numeric(frame[label].astype("float64"), errors="coerce").to_numpy()
 
-    try:
-        candidate_pred = _predict(_load_pyfunc(f"models:/{name}/{version}"), frame, column)
-    except Exception as exc:  # noqa: BLE001 - MLflow / model errors of any kind: the candidate is unusable
-        raise RegistryError(f"{name} v{version} cannot score its own validation rows: {tracking.first_line(exc)}") from exc
+    if OOT_PREDICTION in frame.columns:
+        # The served candidate was refit on these very labels: use its out-of-time predictions.
+        candidate_pred = pd.to_numeric(frame[OOT_PREDICTION], errors="coerce").to_numpy(dtype="float64")
+        frame = frame.drop(columns=[OOT_PREDICTION])
+    else:
+        try:
+            candidate_pred = _predict(_load_pyfunc(f"models:/{name}/{version}"), frame, column)
+        except Exception as exc:  # noqa: BLE001 - MLflow / model errors of any kind: the candidate is unusable
+            raise RegistryError(f"{name} v{version} cannot score its own validation rows: {tracking.first_line(exc)}") from exc
     try:
         champion_pred = _predict(_load_pyfunc(f"models:/{name}/{champion}"), frame, column)
     except Exception as exc:  # noqa: BLE001 - an unloadable champion must not block a decision silently

@@ -18,6 +18,11 @@ TASK_TO_MODEL: dict[str, ModelName] = {"lead": "lead_scoring", "churn": "churn_p
 
 ParamValue = str | int | float | bool
 
+#: Column of `TrainingResult.validation` with the candidate's out-of-time predictions (the
+#: model fitted before the validation window). The served model is refit on the validation
+#: labels, so scoring it there would be in-sample and bias the promotion gate.
+OOT_PREDICTION = "oot_prediction"
+
 
 @dataclass(frozen=True)
 class PrimaryMetric:

@@ -49,7 +49,7 @@ from training.datasets import (
 from training.ltv import DEFAULT_PENALIZER_LADDER, CustomerLtvModel
 from training.ltv import FEATURE_COLUMNS as LTV_FEATURE_COLUMNS
 from training.metrics import classification_metrics, decile_table
-from training.results import TASK_TO_MODEL, ParamValue, PrimaryMetric, TrainingResult
+from training.results import OOT_PREDICTION, TASK_TO_MODEL, ParamValue, PrimaryMetric, TrainingResult
 
 Progress = Callable[[str], None]
 
@@ -296,7 +296,7 @@ def train_classifier(
         row_counts=row_counts,
         data_fingerprint=fingerprint,
         feature_columns=list(served.feature_columns_),
-        validation=validation.drop(columns=[CUTOFF_COLUMN]).reset_index(drop=True),
+        validation=validation.drop(columns=[CUTOFF_COLUMN]).assign(**{OOT_PREDICTION: p}).reset_index(drop=True),
         tables=tables,
         figures=figures,
         notes=notes,
@@ -427,6 +427,8 @@ def train_ltv(
     )
     validation["holdout_purchases"] = validation["holdout_purchases"].fillna(0).astype("int64")
     validation["holdout_revenue"] = validation["holdout_revenue"].fillna(0.0).astype("float64")
+    # The calibration fit's expectation for the holdout window: the gate's honest candidate score.
+    validation[OOT_PREDICTION] = model_v.expected_purchases(validation, t_days=float(horizon)).to_numpy()
 
     params: dict[str, ParamValue] = {
         "time_unit_days": config.time_unit_days,

@@ -293,3 +293,24 @@ def test_gate_metric_follows_the_primary_metric_name() -> None:
         _metric_function("holdout_mae_revenue", "customer_ltv")
     with pytest.raises(RegistryError, match="cannot compute"):
         _metric_function("val_f1", "churn_propensity")
+
+
+def test_gate_scores_the_candidate_on_its_out_of_time_predictions(
+    settings: TrainingSettings, churn: dict[str, Logged]
+) -> None:
+    """The served candidate is refit on the validation labels; the gate must use the
+    out-of-time predictions stored with the validation rows, not rescore the refit model."""
+    from training.registry import promote
+    from training.results import OOT_PREDICTION
+
+    reset(settings)
+    promote(NAME, churn["mid"].version, settings=settings)
+    better = churn["better"]
+    rows = better.result.validation.copy()
+    rng = np.random.default_rng(0)
+    rows[OOT_PREDICTION] = rng.random(len(rows))  # what the model knew before the window: nothing
+    decision = promote(NAME, better.version, settings=settings, validation=rows)
+    assert not decision.promoted
+    assert decision.candidate_value == pytest.approx(0.5, abs=0.1)
+    rows[OOT_PREDICTION] = rows["label"].astype(float)  # a perfect out-of-time ranking
+    assert promote(NAME, better.version, settings=settings, validation=rows).promoted
