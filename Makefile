@@ -43,6 +43,7 @@ bench: setup
 	$(VENV)/bin/python benchmarks/bench_generate.py
 	$(VENV)/bin/python benchmarks/bench_features.py
 	$(VENV)/bin/python benchmarks/bench_rfm_vs_lifetimes.py
+	$(VENV)/bin/python benchmarks/bench_ltv_fit.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .hypothesis

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-import pandas as pd
 import pytest
 
 from features.backend import connect
@@ -13,6 +12,7 @@ from features.families.rfm import rfm_features
 from features.io import read_cdnow_transactions
 from features.labels import churn_labels, holdout_purchases, lead_conversion_labels
 from features.validation import profile_from_frames
+from tests.features.profiles import make_profile
 
 AS_OF = datetime(2024, 3, 1)
 HORIZON = 30
@@ -23,26 +23,6 @@ US = timedelta(microseconds=1)
 @pytest.fixture(scope="module")
 def con():
     return connect()
-
-
-def make_profile(con, customers: list[tuple[str, datetime]], orders: list[tuple]):
-    """customers: (id, created_at); orders: (customer_id, ordered_at, amount[, status])."""
-    customer_frame = pd.DataFrame(
-        {
-            "customer_id": pd.Series([c for c, _ in customers], dtype="str"),
-            "created_at": pd.Series([t for _, t in customers], dtype="datetime64[us]"),
-        }
-    )
-    order_frame = pd.DataFrame(
-        {
-            "order_id": pd.Series([f"o-{i}" for i in range(len(orders))], dtype="str"),
-            "customer_id": pd.Series([o[0] for o in orders], dtype="str"),
-            "ordered_at": pd.Series([o[1] for o in orders], dtype="datetime64[us]"),
-            "amount": pd.Series([float(o[2]) for o in orders], dtype="float64"),
-            "status": pd.Series([o[3] if len(o) > 3 else None for o in orders], dtype="str"),
-        }
-    )
-    return profile_from_frames(con, customer_frame, order_frame).profile
 
 
 def as_dict(table, column: str) -> dict[str, object]:

@@ -19,7 +19,7 @@ from features.families.rfm import (
     rfm_features,
     rfm_score_edges,
 )
-from features.validation import profile_from_frames
+from tests.features.profiles import make_profile
 
 AS_OF = datetime(2024, 2, 1)
 US = timedelta(microseconds=1)
@@ -28,26 +28,6 @@ US = timedelta(microseconds=1)
 @pytest.fixture(scope="module")
 def con():
     return connect()
-
-
-def make_profile(con, customers: list[tuple[str, datetime]], orders: list[tuple]):
-    """customers: (id, created_at); orders: (customer_id, ordered_at, amount[, status])."""
-    customer_frame = pd.DataFrame(
-        {
-            "customer_id": pd.Series([c for c, _ in customers], dtype="str"),
-            "created_at": pd.Series([t for _, t in customers], dtype="datetime64[us]"),
-        }
-    )
-    order_frame = pd.DataFrame(
-        {
-            "order_id": pd.Series([f"o-{i}" for i in range(len(orders))], dtype="str"),
-            "customer_id": pd.Series([o[0] for o in orders], dtype="str"),
-            "ordered_at": pd.Series([o[1] for o in orders], dtype="datetime64[us]"),
-            "amount": pd.Series([float(o[2]) for o in orders], dtype="float64"),
-            "status": pd.Series([o[3] if len(o) > 3 else None for o in orders], dtype="str"),
-        }
-    )
-    return profile_from_frames(con, customer_frame, order_frame).profile
 
 
 def rows(table: ibis.Table) -> dict[str, dict]:
