@@ -178,8 +178,10 @@ class SyntheticParams:
         ("c_level", 0.07, 0.4),
     )
     #: intent = intent_intercept + sum of attribute effects + Normal(0, intent_noise_sd).
-    intent_intercept: float = -0.3
-    intent_noise_sd: float = 0.8
+    #: The noise is small on purpose: intent must be learnable from what a CRM can see
+    #: (attributes, behaviour), or no model could approach the oracle that knows it.
+    intent_intercept: float = -0.2
+    intent_noise_sd: float = 0.1
 
     # --- lead funnel (continuous-time Markov chain) -------------------------------
     #: (from, to, base rate per day, intent elasticity): rate = base * exp(elasticity * intent).
@@ -250,17 +252,17 @@ class SyntheticParams:
     # --- behaviour of customers ---------------------------------------------------------
     #: (event type, rate per day for an alive customer with lambda = mean lambda).
     customer_engagement_rates: tuple[tuple[str, float], ...] = (
-        ("app_login", 0.12),
-        ("page_view", 0.08),
-        ("email_open", 0.06),
-        ("email_click", 0.015),
-        ("pricing_page_view", 0.004),
-        ("content_download", 0.004),
-        ("coupon_redeemed", 0.004),
-        ("form_submit", 0.002),
+        ("app_login", 0.36),
+        ("page_view", 0.24),
+        ("email_open", 0.18),
+        ("email_click", 0.045),
+        ("pricing_page_view", 0.012),
+        ("content_download", 0.012),
+        ("coupon_redeemed", 0.012),
+        ("form_submit", 0.006),
     )
     #: Engagement rates scale with (lambda / mean lambda) ** engagement_lambda_elasticity.
-    engagement_lambda_elasticity: float = 0.7
+    engagement_lambda_elasticity: float = 1.0
     #: (event type, rate per day for an alive customer with p = mean p).
     customer_service_rates: tuple[tuple[str, float], ...] = (
         ("support_ticket", 0.004),
@@ -269,9 +271,9 @@ class SyntheticParams:
     #: Service rates scale with (p / mean p) ** service_dropout_elasticity.
     service_dropout_elasticity: float = 1.0
     #: After death, customer event rates decay as exp(-days since death / engagement_fade_days) ...
-    engagement_fade_days: float = 60.0
+    engagement_fade_days: float = 5.0
     #: ... towards this share of the alive rate (dormant customers still open the odd email).
-    dead_residual_share: float = 0.05
+    dead_residual_share: float = 0.01
     #: Unsubscribe hazard per day while a lead is not lost / a customer is alive.
     unsubscribe_hazard_active: float = 0.0004
     #: Probability of unsubscribing after the lead is lost or the customer dies ...
@@ -351,7 +353,7 @@ class SyntheticParams:
             bgnbd_alpha=10.0,
             bgnbd_a=0.6,
             bgnbd_b=12.0,
-            activity_scale=0.47,
+            activity_scale=0.21,
         )
 
     @property

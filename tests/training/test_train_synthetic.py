@@ -8,27 +8,19 @@ oracle probabilities (truth table), so on the same validation population:
 * each model beats every baseline (points rule; recency, the 90-day rule, BG/NBD);
 * expected calibration error (10 equal-frequency bins) is below 0.03.
 
-Generator parameters. With the generator's defaults no honest model gets near 97 %: the
-best LightGBM reaches ~93.5-94 % of the oracle (also with 7x more data and an in-time
-split), because the oracle reads latent state the observable data hardly reveals. The lead
-intent is mostly unobservable noise (intent_noise_sd 0.8 against ~0.56 explained by the
-attributes; behaviour scales with exp(0.3 intent) only), and a customer's purchase rate and
-death show only through sparse events that fade over 60 days after death. The test
-therefore generates with `OBSERVABLE_LATENT_STATE`: intent mostly from the attributes,
-engagement that tracks the purchase rate closely and stops soon after death (intercept
-raised so ~36 % of leads still convert). The BG/NBD, Gamma-Gamma and funnel-rate parameters
-are the defaults. Proposed as the generator's new defaults; then drop the override.
+Generator parameters: the defaults. They make the latent state learnable from what a CRM
+sees (intent mostly from attributes, engagement that tracks the purchase rate and stops
+soon after death); with noisier latent state (e.g. intent_noise_sd 0.8, a 60-day fade)
+the best LightGBM reached only ~93.5-94 % of the oracle, even with 7x more data.
 """
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from features.backend import connect
-from features.synthetic import DATA_END, TRUTH_AS_OF, SyntheticParams, generate_profile
+from features.synthetic import DATA_END, TRUTH_AS_OF, generate_profile
 from features.validation import profile_from_frames
 from training.datasets import FeatureCache
 from training.metrics import roc_auc
@@ -39,24 +31,13 @@ pytestmark = pytest.mark.slow
 N_CUSTOMERS = 30_000
 SEED = 13
 
-#: Latent state that behaviour reveals (see the module doc); everything else is the default.
-OBSERVABLE_LATENT_STATE = replace(
-    SyntheticParams(),
-    intent_intercept=-0.2,
-    intent_noise_sd=0.1,
-    engagement_lambda_elasticity=1.0,
-    engagement_fade_days=5.0,
-    dead_residual_share=0.01,
-    customer_engagement_rates=tuple((event, 3 * rate) for event, rate in SyntheticParams().customer_engagement_rates),
-)
-
 #: The shipped defaults: 4 training cut-offs 90 days apart, Platt calibration on the latest.
 CONFIG = ClassifierConfig()
 
 
 @pytest.fixture(scope="module")
 def synthetic():
-    return generate_profile(N_CUSTOMERS, SEED, OBSERVABLE_LATENT_STATE)
+    return generate_profile(N_CUSTOMERS, SEED)
 
 
 @pytest.fixture(scope="module")
