@@ -319,36 +319,34 @@ def plot_tracking(tracking: pd.DataFrame, cumulative: bool = True, title: str | 
     return fig
 
 
-def plot_frequency_table(table: pd.DataFrame, title: str | None = None) -> Figure:
-    """Grouped bars: actual vs expected mean holdout purchases by calibration frequency (`frequency_table`)."""
+def _actual_vs_expected_bars(table: pd.DataFrame, group: str, xlabel: str, expected_label: str, title: str) -> Figure:
+    """Grouped bars of `actual_mean` and `expected_mean` per value of `group`."""
     fig = _figure()
     ax = fig.subplots()
     positions = np.arange(len(table))
     width = 0.4
     ax.bar(positions - width / 2, table["actual_mean"], width, color="0.3", label="actual")
-    ax.bar(positions + width / 2, table["expected_mean"], width, color="tab:blue", label="BG/NBD expected")
-    ax.set_xticks(positions, table["frequency"].astype(str))
-    ax.set_xlabel("purchases in calibration (x)")
+    ax.bar(positions + width / 2, table["expected_mean"], width, color="tab:blue", label=expected_label)
+    ax.set_xticks(positions, table[group].astype(str))
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("mean purchases in holdout")
-    ax.set_title(title or "Conditional expectations in the holdout")
+    ax.set_title(title)
     ax.legend()
     return fig
+
+
+def plot_frequency_table(table: pd.DataFrame, title: str | None = None) -> Figure:
+    """Grouped bars: actual vs expected mean holdout purchases by calibration frequency (`frequency_table`)."""
+    return _actual_vs_expected_bars(
+        table, "frequency", "purchases in calibration (x)", "BG/NBD expected", title or "Conditional expectations in the holdout"
+    )
 
 
 def plot_decile_calibration(table: pd.DataFrame, title: str | None = None) -> Figure:
     """Mean expected vs actual holdout purchases per decile of expected purchases (`decile_table`)."""
-    fig = _figure()
-    ax = fig.subplots()
-    positions = np.arange(len(table))
-    width = 0.4
-    ax.bar(positions - width / 2, table["actual_mean"], width, color="0.3", label="actual")
-    ax.bar(positions + width / 2, table["expected_mean"], width, color="tab:blue", label="expected")
-    ax.set_xticks(positions, table["decile"].astype(str))
-    ax.set_xlabel("decile of expected purchases (1 = highest)")
-    ax.set_ylabel("mean purchases in holdout")
-    ax.set_title(title or "Calibration by decile")
-    ax.legend()
-    return fig
+    return _actual_vs_expected_bars(
+        table, "decile", "decile of expected purchases (1 = highest)", "expected", title or "Calibration by decile"
+    )
 
 
 def plot_p_alive_heatmap(

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.training.test_ltv import as_features
 from training.ltv import FEATURE_COLUMNS, CustomerLtvModel, LtvInputError
 from training.ltv_evaluation import (
     cumulative_tracking,
@@ -53,16 +54,7 @@ def _dataset(name: str):
 @pytest.fixture(scope="module")
 def calibration() -> pd.DataFrame:
     with _dataset("cdnow_customers_summary_with_transactions.csv").open() as handle:
-        summary = pd.read_csv(handle)
-    return pd.DataFrame(
-        {
-            "customer_id": summary["ID"].astype(str),
-            "frequency": summary["x"].astype("int64"),
-            "recency_days": summary["t_x"] * 7,
-            "T_days": summary["T"] * 7,
-            "monetary_value": summary["zbar"].astype(float),
-        }
-    )
+        return as_features(pd.read_csv(handle))
 
 
 @pytest.fixture(scope="module")
