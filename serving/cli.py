@@ -144,6 +144,19 @@ def data_validate(
         out.print("[green]profile is valid[/]" if not report.rows_rejected else "profile is usable (rejects below the limit)")
 
 
+def _load_validated(con, profile: Path, rejects_path: Path, settings):  # type: ignore[no-untyped-def]
+    """Load and validate a profile store, saying how many rows went to the rejects file."""
+    from features.io import load_profile
+
+    loaded = _run_step(
+        f"load and validate {profile}",
+        lambda: load_profile(con, profile, rejects_path=rejects_path, max_reject_share=settings.max_reject_share),
+    )
+    if loaded.report.rows_rejected:
+        console.print(f"[yellow]![/] {loaded.report.rows_rejected:,} row(s) rejected; see {loaded.rejects_path}")
+    return loaded
+
+
 def _default_rejects_path(profile: Path) -> Path:
     return profile / "rejects.csv" if profile.is_dir() else profile.with_name(profile.stem + ".rejects.csv")
 
@@ -168,7 +181,7 @@ def features_build(
     """Build the point-in-time feature table (one row per profile created before --as-of)."""
     with _errors_as_exit():
         from features.backend import connect
-        from features.io import load_profile, write_parquet
+        from features.io import write_parquet
         from features.families.attributes import AttributeParams
         from features.pipeline import FeatureParams, build_features
         from features.timeutil import to_utc_naive
@@ -177,12 +190,7 @@ def features_build(
         cutoff = to_utc_naive(as_of)
         rejects_path = out_file.with_name(out_file.stem + ".rejects.csv")
         con = connect(settings)
-        loaded = _run_step(
-            f"load and validate {profile}",
-            lambda: load_profile(con, profile, rejects_path=rejects_path, max_reject_share=settings.max_reject_share),
-        )
-        if loaded.report.rows_rejected:
-            console.print(f"[yellow]![/] {loaded.report.rows_rejected:,} row(s) rejected; see {loaded.rejects_path}")
+        loaded = _load_validated(con, profile, rejects_path, settings)
         params = FeatureParams(attributes=AttributeParams(pii_columns=settings.pii_columns))
         expr = build_features(loaded.profile, cutoff, params)
         _run_step(f"build features as of {cutoff:%Y-%m-%d %H:%M:%S} -> {out_file}", lambda: write_parquet(expr, out_file))
@@ -322,7 +330,6 @@ def _train_and_report(
     from features.backend import connect
     from features.errors import CrmScoringError
     from features.families.attributes import AttributeParams
-    from features.io import load_profile
     from features.pipeline import FeatureParams
     from features.timeutil import parse_horizon, to_utc_naive
     from training.datasets import FeatureCache
@@ -335,12 +342,7 @@ def _train_and_report(
     horizon_days = parse_horizon(horizon)
     rejects_path = rejects or _default_rejects_path(profile)
     con = connect(features_settings)
-    loaded = _run_step(
-        f"load and validate {profile}",
-        lambda: load_profile(con, profile, rejects_path=rejects_path, max_reject_share=features_settings.max_reject_share),
-    )
-    if loaded.report.rows_rejected:
-        console.print(f"[yellow]![/] {loaded.report.rows_rejected:,} row(s) rejected; see {loaded.rejects_path}")
+    loaded = _load_validated(con, profile, rejects_path, features_settings)
     # The store is opened (and created if missing) only once the input is known to be usable.
     _quiet_mlflow()
     _run_step(f"open the MLflow store {tracking_uri(settings)}", lambda: configure(settings))

@@ -29,3 +29,10 @@ def make_profile(con: BaseBackend, customers: list[tuple[str, datetime]], orders
         }
     )
     return profile_from_frames(con, customer_frame, order_frame).profile
+
+
+def event_frame(rows: list[tuple[str, datetime, str]]) -> pd.DataFrame:
+    """events: (customer_id, occurred_at, event_type)."""
+    return pd.DataFrame(rows, columns=["customer_id", "occurred_at", "event_type"]).astype(
+        {"customer_id": "string", "occurred_at": "datetime64[us]", "event_type": "string"}
+    )

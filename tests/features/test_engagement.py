@@ -11,6 +11,7 @@ from features.backend import connect
 from features.families.engagement import EngagementParams, engagement_column_names, engagement_features
 from features.schema import KNOWN_EVENT_TYPES
 from features.validation import profile_from_frames
+from tests.features.profiles import event_frame as events
 
 AS_OF = datetime(2025, 7, 1)
 DAY = timedelta(days=1)
@@ -26,12 +27,6 @@ def con():
 
 def customers(*ids: str, created_at: datetime = datetime(2024, 1, 1)) -> pd.DataFrame:
     return pd.DataFrame({"customer_id": ["c-buyer", *ids], "created_at": [created_at] * (len(ids) + 1)})
-
-
-def events(rows: list[tuple[str, datetime, str]]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["customer_id", "occurred_at", "event_type"]).astype(
-        {"customer_id": "string", "occurred_at": "datetime64[us]", "event_type": "string"}
-    )
 
 
 def build(con, customer_frame, event_frame, params=EngagementParams(), as_of=AS_OF) -> pd.DataFrame:

@@ -10,6 +10,7 @@ import pytest
 from features.backend import connect
 from features.families.funnel import FunnelParams, funnel_features
 from features.validation import profile_from_frames
+from tests.features.profiles import event_frame as events
 
 AS_OF = datetime(2025, 7, 1)
 DAY = timedelta(days=1)
@@ -26,12 +27,6 @@ def con():
 
 def customers(*ids: str) -> pd.DataFrame:
     return pd.DataFrame({"customer_id": ["c-buyer", *ids], "created_at": [CREATED] * (len(ids) + 1)})
-
-
-def events(rows: list[tuple[str, datetime, str]]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["customer_id", "occurred_at", "event_type"]).astype(
-        {"customer_id": "string", "occurred_at": "datetime64[us]", "event_type": "string"}
-    )
 
 
 def build(con, customer_frame, event_frame, params=FunnelParams(), as_of=AS_OF) -> pd.DataFrame:
