@@ -69,6 +69,21 @@ def as_of_literal(as_of: datetime) -> ibis.TimestampScalar:
     return ibis.literal(to_utc_naive(as_of), type="timestamp")
 
 
+def days_before(as_of: datetime, days: int) -> ibis.TimestampValue:
+    """The instant `days` days before as_of, derived from `as_of_literal` inside the expression.
+
+    Deriving every as_of-dependent value in the expression (not in Python) leaves the as_of
+    literal as the only place the instant appears in compiled SQL, so the online scorer can
+    compile the feature query once and bind as_of as a parameter per request.
+    """
+    return as_of_literal(as_of) - ibis.interval(days=days)
+
+
+def last_observed_day(as_of: datetime) -> ibis.IntegerValue:
+    """`as_of_day_number` as an expression of the as_of literal (see `days_before` for why)."""
+    return day_number(as_of_literal(as_of) - ibis.interval(microseconds=1))
+
+
 def as_of_day_number(as_of: datetime) -> int:
     """Calendar day number of the last observed day: the day of the instant just before as_of."""
     last = to_utc_naive(as_of) - timedelta(microseconds=1)

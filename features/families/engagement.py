@@ -32,7 +32,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import reduce
 
 import ibis
@@ -40,7 +40,7 @@ import ibis
 from features.population import eligible_customers
 from features.profile import Profile
 from features.schema import KNOWN_EVENT_TYPES
-from features.timeutil import as_of_literal, day_number, days_between, to_utc_naive
+from features.timeutil import as_of_literal, days_before, day_number, days_between, to_utc_naive
 
 
 @dataclass(frozen=True)
@@ -133,10 +133,10 @@ def engagement_features(
     # - recent: every count, over the rows inside the longest look-back only;
     # - history: the last occurrence per type, over all rows before as_of (few aggregates).
     lookback = max(*params.windows_days, 2 * k, params.active_days_window)
-    recent = ev.filter(ev.occurred_at >= as_of_literal(as_of - timedelta(days=lookback)))
+    recent = ev.filter(ev.occurred_at >= days_before(as_of, lookback))
 
     def since(days: int) -> ibis.BooleanValue:
-        return recent.occurred_at >= as_of_literal(as_of - timedelta(days=days))
+        return recent.occurred_at >= days_before(as_of, days)
 
     in_window = {w: since(w) for w in params.windows_days}
     trend_now = since(k)
@@ -154,7 +154,7 @@ def engagement_features(
     last_seen = ev.group_by("customer_id").aggregate(
         _last_all=ev.occurred_at.max(),
         _active_days=day_number(ev.occurred_at).nunique(
-            where=ev.occurred_at >= as_of_literal(as_of - timedelta(days=params.active_days_window))
+            where=ev.occurred_at >= days_before(as_of, params.active_days_window)
         ),
         **{f"_last{i}": ev.occurred_at.max(where=ev._type == i) for i in range(len(params.event_types))},
     )

@@ -22,13 +22,13 @@ Columns (one row per eligible customer, key `customer_id`; windows are `[as_of -
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import ibis
 
 from features.population import eligible_customers
 from features.profile import Profile
-from features.timeutil import as_of_literal, days_between, to_utc_naive
+from features.timeutil import as_of_literal, days_before, days_between, to_utc_naive
 
 STAGE_NONE, STAGE_ENGAGED, STAGE_EVALUATING, STAGE_SALES_READY = 0, 1, 2, 3
 
@@ -75,7 +75,7 @@ def funnel_features(profile: Profile, as_of: datetime, params: FunnelParams = Fu
     cutoff = as_of_literal(as_of)
 
     def since(table: ibis.Table, days: int) -> ibis.BooleanValue:
-        return table.occurred_at >= as_of_literal(as_of - timedelta(days=days))
+        return table.occurred_at >= days_before(as_of, days)
 
     ev = profile.events.filter(profile.events.occurred_at < cutoff)
     kind = ev.event_type

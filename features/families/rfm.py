@@ -44,7 +44,7 @@ from ibis.common.exceptions import IbisError
 
 from features.population import completed_orders, eligible_customers
 from features.profile import Profile
-from features.timeutil import as_of_day_number, as_of_literal, day_number, days_between
+from features.timeutil import as_of_literal, day_number, days_between, last_observed_day
 
 SCORE_LEVELS = 5
 LEAD_SEGMENT = "lead"
@@ -110,7 +110,7 @@ class RfmParams:
 def rfm_features(profile: Profile, as_of: datetime, params: RfmParams = RfmParams()) -> ibis.Table:
     """One row per eligible customer (created_at < as_of), keyed `customer_id`; see the module doc."""
     cutoff = as_of_literal(as_of)
-    last_observed_day = as_of_day_number(as_of)
+    last_observed_day_number = last_observed_day(as_of)
 
     orders = completed_orders(profile)
     orders = orders.filter(orders.ordered_at < cutoff)
@@ -135,7 +135,7 @@ def rfm_features(profile: Profile, as_of: datetime, params: RfmParams = RfmParam
     buyers = per_customer.mutate(
         frequency=x,
         recency_days=per_customer.last_day - per_customer.first_day,
-        T_days=last_observed_day - per_customer.first_day,
+        T_days=last_observed_day_number - per_customer.first_day,
         # zbar: mean of the repeat days' revenue = (all days - first day) / repeat days.
         monetary_value=ibis.ifelse(
             x > 0,

@@ -32,14 +32,14 @@ Then, over all history before as_of:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import ibis
 
 from features.population import completed_orders, eligible_customers
 from features.profile import Profile
 from features.schema import REFUNDED_STATUSES
-from features.timeutil import as_of_literal, day_number, days_between, to_utc_naive
+from features.timeutil import as_of_literal, days_before, day_number, days_between, to_utc_naive
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,8 @@ def transaction_features(
     # and no COUNT(DISTINCT) here, which would push the whole aggregate onto a slower path.
     window_aggs: dict[str, ibis.Value] = {}
     for w in params.windows_days:
-        start = as_of_literal(as_of - timedelta(days=w))
-        prev_start = as_of_literal(as_of - timedelta(days=2 * w))
+        start = days_before(as_of, w)
+        prev_start = days_before(as_of, 2 * w)
         recent = purchases.ordered_at >= start
         previous = (purchases.ordered_at >= prev_start) & (purchases.ordered_at < start)
         window_aggs[f"_orders_{w}"] = ibis.ifelse(recent, 1, 0).sum()
