@@ -33,6 +33,8 @@ models_app = typer.Typer(help="List, promote and roll back the registered models
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
+from serving.cli_triggers import triggers_app  # noqa: E402 - typer/rich only; commands import lazily
+app.add_typer(triggers_app, name="triggers")
 
 console = Console(stderr=True)
 out = Console()
@@ -492,3 +494,13 @@ def main() -> None:  # pragma: no cover - console entry point helper
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
+
+
+def _register_serving_commands() -> None:
+    from serving.cli_serving import score, serve
+
+    app.command("score")(score)
+    app.command("serve")(serve)
+
+
+_register_serving_commands()

@@ -1,0 +1,210 @@
+"""Batch scoring: every profile, every champion model, tags, the diff and the outbox.
+
+`score_profile_store` is what `crm-scoring score` runs:
+
+1. load and validate the profile (rejects file as for `features build`);
+2. build the features at as_of with the training code (`features.pipeline`);
+3. score with the `champion` models, rank percentiles within this population, evaluate
+   the tag rules with the previous run's tags (hysteresis);
+4. diff the tags and segments with the previous run into outbox events;
+5. write the snapshot (Parquet, temp file then rename) and commit the run and its
+   events in one SQLite transaction (`serving.store`).
+
+The run id is deterministic (as_of, model versions, the fingerprint of the data before
+as_of, the rules' digest), and so are event ids: re-running the same as_of with the same
+models and data rewrites the same snapshot and adds no event. A crash before the commit
+leaves the previous run and the outbox as they were.
+
+Next to each snapshot, `<run_id>.meta.json` keeps what online scoring needs to agree with
+the batch: the RFM score edges of this population (a single customer has no population
+to be ranked in) and the model versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import ibis
+import pandas as pd
+
+from features.families.rfm import RfmParams, RfmScoreEdges, rfm_score_edges
+from features.pipeline import FeatureParams, build_features
+from features.population import restrict_to_before
+from features.profile import Profile
+from features.timeutil import to_utc_naive
+from serving.events import diff_snapshots
+from serving.models import ModelSet
+from serving.scoring import KEY, score_features
+from serving.store import RunRecord, ScoreStore
+from serving.tags import TagRules
+from training.train import data_fingerprint
+
+RFM_EDGE_COLUMNS = ("frequency", "recency_days", "T_days", "revenue_total", "rfm_recency_score", "rfm_frequency_score", "rfm_monetary_score")
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    run_id: str
+    as_of: datetime
+    rows: int
+    new_events: int
+    rerun: bool
+    snapshot_path: Path
+    previous_run_id: str | None
+    tag_counts: dict[str, dict[str, int]]
+    segment_counts: dict[str, int]
+    models: dict[str, str]
+    timings: dict[str, float]
+
+
+def batch_run_id(as_of: datetime, models: dict[str, str], fingerprint: str, rules_digest: str) -> str:
+    """Deterministic: the same as_of, model versions, data and rules give the same id."""
+    payload = json.dumps(
+        {"as_of": as_of.isoformat(), "models": models, "data": fingerprint, "rules": rules_digest}, sort_keys=True
+    )
+    return "run_" + as_of.strftime("%Y%m%d") + "_" + hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def meta_path(store: ScoreStore, run_id: str) -> Path:
+    return store.snapshot_path(run_id).with_suffix(".meta.json")
+
+
+def write_meta(store: ScoreStore, run_id: str, meta: dict[str, Any]) -> Path:
+    """The run's metadata file, written to a temp name and renamed (never half-written)."""
+    target = meta_path(store, run_id)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".meta-", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(meta, handle, sort_keys=True, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)
+    return target
+
+
+def read_meta(store: ScoreStore, run_id: str) -> dict[str, Any]:
+    path = meta_path(store, run_id)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def edges_from_meta(meta: dict[str, Any]) -> RfmScoreEdges | None:
+    edges = meta.get("rfm_score_edges")
+    if not edges:
+        return None
+    return RfmScoreEdges(**{k: tuple(float(v) for v in values) for k, values in edges.items()})
+
+
+def _tag_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c.startswith(("tag_", "segment_"))]
+
+
+def score_profile(
+    profile: Profile,
+    as_of: datetime,
+    models: ModelSet,
+    rules: TagRules,
+    store: ScoreStore,
+    *,
+    feature_params: FeatureParams = FeatureParams(),
+    reasons_top_k: int = 3,
+    emit_initial: bool = False,
+    progress: Callable[[str], None] = lambda message: None,
+) -> BatchResult:
+    """Score a loaded profile at as_of and record the run in `store` (see the module docstring)."""
+    import time
+
+    as_of = to_utc_naive(as_of)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = now - clock
+        clock = now
+
+    progress("fingerprint the data before as_of")
+    fingerprint, _ = data_fingerprint(restrict_to_before(profile, as_of))
+    run_id = batch_run_id(as_of, models.versions, fingerprint, rules.digest)
+    existing = store.get_run(run_id)
+    previous = (
+        store.get_run(existing.parent_run_id) if existing and existing.parent_run_id else None
+    ) if existing else store.previous_run(as_of, exclude_run_id=run_id)
+    lap("fingerprint")
+
+    progress("build features")
+    features = build_features(profile, as_of, feature_params).to_pyarrow().to_pandas()
+    lap("features")
+
+    progress("score with the champion models")
+    previous_tags = None
+    if previous is not None:
+        previous_snapshot = store.read_snapshot(previous.run_id)
+        previous_tags = previous_snapshot[[KEY, *_tag_columns(previous_snapshot)]]
+    scores = score_features(features, models, rules, reference=None, previous_tags=previous_tags, reasons_top_k=reasons_top_k)
+    lap("score")
+
+    progress("diff with the previous run")
+    created_at = existing.created_at if existing else datetime.now(UTC).replace(tzinfo=None)
+    events = diff_snapshots(
+        previous_tags, scores[[KEY, *_tag_columns(scores)]], run_id=run_id, as_of=as_of, created_at=created_at, emit_initial=emit_initial
+    )
+    lap("diff")
+
+    progress("write the snapshot and commit the run")
+    edges = rfm_score_edges(ibis.memtable(features[list(RFM_EDGE_COLUMNS)])) if len(features) else None
+    snapshot = scores.copy()
+    snapshot.insert(1, "as_of", pd.Timestamp(as_of))
+    path = store.write_snapshot(run_id, snapshot)
+    write_meta(
+        store,
+        run_id,
+        {"run_id": run_id, "as_of": as_of.isoformat(), "models": models.versions, "rfm_score_edges": asdict(edges) if edges else None},
+    )
+    record = RunRecord(
+        run_id=run_id,
+        as_of=as_of,
+        created_at=created_at,
+        parent_run_id=previous.run_id if previous else None,
+        rows=len(snapshot),
+        models=models.versions,
+        rules_digest=rules.digest,
+    )
+    new_events = store.commit_run(record, events)
+    lap("write")
+
+    tag_counts = {
+        column[len("tag_") :]: {str(k): int(v) for k, v in scores[column].value_counts(dropna=True).items()}
+        for column in scores.columns
+        if column.startswith("tag_")
+    }
+    segment_counts = {c[len("segment_") :]: int(scores[c].sum()) for c in scores.columns if c.startswith("segment_")}
+    return BatchResult(
+        run_id=run_id,
+        as_of=as_of,
+        rows=len(snapshot),
+        new_events=new_events,
+        rerun=existing is not None,
+        snapshot_path=path,
+        previous_run_id=previous.run_id if previous else None,
+        tag_counts=tag_counts,
+        segment_counts=segment_counts,
+        models=models.versions,
+        timings=timings,
+    )
+
+
+def online_feature_params(meta: dict[str, Any], base: FeatureParams = FeatureParams()) -> FeatureParams:
+    """The batch run's feature parameters with its RFM score edges frozen (online scoring)."""
+    from dataclasses import replace
+
+    edges = edges_from_meta(meta)
+    return replace(base, rfm=RfmParams(score_edges=edges)) if edges is not None else base

@@ -1,0 +1,113 @@
+"""`crm-scoring score` (batch) and `crm-scoring serve` (the BentoML API).
+
+Registered on the main app by `serving.cli`. Heavy imports stay inside the commands.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _serving_settings(store: Path | None = None, tags: Path | None = None):  # type: ignore[no-untyped-def]
+    from serving.settings import ServingSettings
+
+    settings = ServingSettings()
+    updates = {k: v for k, v in (("store_dir", store), ("tags_file", tags)) if v is not None}
+    return settings.model_copy(update=updates) if updates else settings
+
+
+def score(
+    profile: Annotated[Path, typer.Option("--profile", help="Profile store: folder of parquet/csv files or a DuckDB file.")],
+    as_of: Annotated[str, typer.Option("--as-of", help="Cut-off instant (ISO date or timestamp, UTC).")],
+    store: Annotated[Path | None, typer.Option("--out", help="Score store folder (default: $CRMSCORE_STORE_DIR or ./scores).")] = None,
+    tags: Annotated[Path | None, typer.Option("--tags", help="Tag rules YAML (default: $CRMSCORE_TAGS_FILE or the shipped rules).")] = None,
+    emit_initial: Annotated[bool, typer.Option("--emit-initial", help="On the first run, emit 'entered' events for every tag (default: baseline only).")] = False,
+) -> None:
+    """Score every profile with the champion models; write a snapshot and the tag/segment events."""
+    from serving.cli import _errors_as_exit, _load_validated, _mlflow_errors_as_exit, _quiet_mlflow, _run_step, _settings, _training_settings
+
+    with _errors_as_exit(), _mlflow_errors_as_exit():
+        from features.backend import connect
+        from features.timeutil import to_utc_naive
+        from serving.batch import score_profile
+        from serving.models import load_model_set
+        from serving.store import ScoreStore
+        from serving.tags import load_tag_rules
+
+        started = time.perf_counter()
+        cut_off = to_utc_naive(as_of)
+        settings = _serving_settings(store, tags)
+        rules = _run_step("load tag rules", lambda: load_tag_rules(settings.tags_file))
+        _quiet_mlflow()
+        models = _run_step("load champion models", lambda: load_model_set(_training_settings()))
+        features_settings = _settings()
+        con = connect(features_settings)
+        profile_path = Path(profile)
+        rejects = profile_path / "rejects.csv" if profile_path.is_dir() else profile_path.with_suffix(".rejects.csv")
+        loaded = _load_validated(con, profile_path, rejects, features_settings)
+        score_store = ScoreStore(settings.resolved_store_dir)
+
+        def report(message: str) -> None:
+            console.print(f"  [dim]{message}[/]", highlight=False)
+
+        result = score_profile(loaded.profile, cut_off, models, rules, score_store, emit_initial=emit_initial, progress=report)
+        table = Table("tag", "value", "customers", title=f"run {result.run_id}")
+        for tag, counts in result.tag_counts.items():
+            for value, n in sorted(counts.items(), key=lambda item: -item[1]):
+                table.add_row(tag, value, f"{n:,}")
+        for segment, n in result.segment_counts.items():
+            table.add_row(f"segment {segment}", "", f"{n:,}")
+        out.print(table)
+        state = "re-run of an existing run; " if result.rerun else ""
+        out.print(
+            f"scored {result.rows:,} profiles as of {result.as_of:%Y-%m-%d %H:%M} with {result.models} in "
+            f"{time.perf_counter() - started:.1f} s; {state}{result.new_events:,} new event(s) in the outbox; "
+            f"snapshot {result.snapshot_path}",
+            highlight=False,
+        )
+
+
+def _ensure_local_keys(settings, project_dir: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Environment for the server: configured keys, else a generated key file for local use."""
+    env: dict[str, str] = {}
+    if settings.resolved_api_keys():
+        return env
+    folder = project_dir / ".crm-scoring"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    for name, variable in (("api_key", "CRMSCORE_API_KEYS_FILE"), ("admin_key", "CRMSCORE_ADMIN_KEYS_FILE")):
+        path = folder / name
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(32) + "\n")
+            path.chmod(0o600)
+        env[variable] = str(path)
+    console.print(f"no API key configured: using the generated keys in {folder}/ (api_key, admin_key)", highlight=False)
+    return env
+
+
+def serve(
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 3000,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind (0.0.0.0 for all).")] = "127.0.0.1",
+) -> None:
+    """Serve the scoring API (BentoML) with the champion models and the latest batch snapshot."""
+    from serving.cli import _errors_as_exit
+
+    with _errors_as_exit():
+        settings = _serving_settings()
+        env = {**os.environ, **_ensure_local_keys(settings, Path(settings.project_dir).resolve())}
+        bentoml = Path(sys.executable).with_name("bentoml")
+        command = [str(bentoml), "serve", "serving.service:CrmScoring", "--host", host, "--port", str(port)]
+        out.print(f"serving on http://{host}:{port} (API under /v1, docs at /v1/docs, health at /readyz)", highlight=False)
+        raise typer.Exit(subprocess.call(command, env=env))

@@ -1,0 +1,290 @@
+"""The online scoring engine: champions + tag rules + compiled features + latest snapshot.
+
+One `ScoringEngine` is immutable once built; the service swaps in a new one on reload
+(so a failed reload keeps the old one serving). It answers:
+
+* `score_inline` - inline profiles, features by the compiled training code
+  (`serving.online`), scores and tags exactly as the batch computes them, with
+  percentiles and hysteresis state taken from the latest batch snapshot;
+* `score_by_ids` - rows of the latest batch snapshot (Parquet sorted by customer_id,
+  so DuckDB reads only the row groups that can hold the ids).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features.errors import CrmScoringError
+from features.families.attributes import normalise_name
+from serving.batch import online_feature_params, read_meta
+from serving.models import ModelSet, load_model_set
+from serving.online import AttributeColumn, OnlineFeatureBuilder, attribute_columns_for
+from serving.schemas import CustomerIn, ScoreRequest, now_utc, utc_naive
+from serving.scoring import KEY, PERCENTILE_OF, PercentileReference, not_eligible_result, render_result, score_features
+from serving.store import RunRecord, ScoreStore
+from serving.tags import TagRules, load_tag_rules
+
+
+class InputError(CrmScoringError):
+    """Request content the models cannot use; `problems` are (field path, message) pairs."""
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems[:5]))
+
+
+@dataclass(frozen=True)
+class SnapshotView:
+    """The latest batch run as online scoring uses it."""
+
+    run: RunRecord
+    path: Path
+    reference: PercentileReference
+    meta: dict[str, Any]
+    tag_columns: tuple[str, ...]
+
+    def rows(self, customer_ids: list[str], columns: list[str] | None = None) -> pd.DataFrame:
+        wanted = ", ".join(f'"{c}"' for c in columns) if columns else "*"
+        con = duckdb.connect()
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            ids = pa.table({"customer_id": pa.array(customer_ids, type=pa.string())})
+            con.register("wanted_ids", ids)
+            return con.execute(
+                f"SELECT {wanted} FROM read_parquet(?) WHERE customer_id IN (SELECT customer_id FROM wanted_ids)",
+                [str(self.path)],
+            ).fetch_arrow_table().to_pandas()
+        finally:
+            con.close()
+
+
+def load_snapshot_view(store: ScoreStore) -> SnapshotView | None:
+    run = store.latest_run()
+    if run is None:
+        return None
+    path = store.snapshot_path(run.run_id)
+    schema = pq.read_schema(path)
+    scores = pq.read_table(path, columns=[c for c in PERCENTILE_OF.values() if c in schema.names]).to_pandas()
+    tag_columns = tuple(c for c in schema.names if c.startswith(("tag_", "segment_")))
+    return SnapshotView(run, path, PercentileReference.from_scores(scores), read_meta(store, run.run_id), tag_columns)
+
+
+def default_as_of() -> datetime:
+    """Now, truncated to the minute: requests within a minute share one prepared query."""
+    return now_utc().replace(second=0, microsecond=0)
+
+
+def _convert_attribute(column: AttributeColumn, value: Any) -> Any:
+    """The attribute value as the column's type, or ValueError naming what was expected."""
+    if value is None:
+        return None
+    kind = column.arrow_type
+    if pa.types.is_string(kind):
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        return value
+    if pa.types.is_timestamp(kind):
+        if not isinstance(value, str):
+            raise ValueError("expected an ISO 8601 timestamp string")
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise ValueError("expected an ISO 8601 timestamp string") from None
+        return utc_naive(parsed)
+    if pa.types.is_boolean(kind):
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        return value
+    if pa.types.is_integer(kind):
+        if isinstance(value, bool):
+            return int(value)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError("expected an integer")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("expected a number")
+    if not math.isfinite(float(value)):
+        raise ValueError("expected a finite number")
+    return float(value)
+
+
+@dataclass
+class ScoringEngine:
+    models: ModelSet
+    rules: TagRules
+    builder: OnlineFeatureBuilder
+    snapshot: SnapshotView | None
+    loaded_at: datetime = field(default_factory=now_utc)
+
+    # ----------------------------------------------------------------------------------
+    # Inline profiles
+    # ----------------------------------------------------------------------------------
+
+    def _tables(self, customers: list[CustomerIn]) -> tuple[pa.Table, pa.Table, pa.Table]:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        seen: dict[str, int] = {}
+        order_ids: dict[str, tuple[int, int]] = {}
+        attributes = self.builder.attributes
+        by_name = {a.name: a for a in attributes}
+        customer_cols: dict[str, list[Any]] = {"customer_id": [], "created_at": [], **{a.name: [] for a in attributes}}
+        order_cols: dict[str, list[Any]] = {n: [] for n in ("order_id", "customer_id", "ordered_at", "amount", "status", "category", "currency")}
+        event_cols: dict[str, list[Any]] = {n: [] for n in ("customer_id", "occurred_at", "event_type", "event_id", "channel")}
+        for i, customer in enumerate(customers):
+            cid = customer.customer_id
+            if cid in seen:
+                problems.append((("body", "customers", i, "customer_id"), f"duplicate customer_id (also customers[{seen[cid]}])"))
+                continue
+            seen[cid] = i
+            customer_cols["customer_id"].append(cid)
+            customer_cols["created_at"].append(customer.created_at)
+            values: dict[str, Any] = {}
+            for key, raw in customer.attributes.items():
+                name = normalise_name(key)
+                column = by_name.get(name)
+                if column is None:
+                    continue  # attributes no served model reads (and PII) are ignored
+                try:
+                    values[name] = _convert_attribute(column, raw)
+                except ValueError as exc:
+                    problems.append((("body", "customers", i, "attributes", key), str(exc)))
+            for a in attributes:
+                customer_cols[a.name].append(values.get(a.name))
+            currencies = {o.currency for o in customer.orders if o.currency}
+            if len(currencies) > 1:
+                problems.append((("body", "customers", i, "orders"), f"mixed currencies {sorted(currencies)}"))
+            for j, order in enumerate(customer.orders):
+                if order.order_id in order_ids:
+                    problems.append((("body", "customers", i, "orders", j, "order_id"), "duplicate order_id"))
+                    continue
+                order_ids[order.order_id] = (i, j)
+                order_cols["order_id"].append(order.order_id)
+                order_cols["customer_id"].append(cid)
+                order_cols["ordered_at"].append(order.ordered_at)
+                order_cols["amount"].append(order.amount)
+                order_cols["status"].append(order.status)
+                order_cols["category"].append(order.category)
+                order_cols["currency"].append(order.currency)
+            for event in customer.events:
+                event_cols["customer_id"].append(cid)
+                event_cols["occurred_at"].append(event.occurred_at)
+                event_cols["event_type"].append(event.event_type)
+                event_cols["event_id"].append(event.event_id)
+                event_cols["channel"].append(event.channel)
+        if problems:
+            raise InputError(problems)
+        schemas = self.builder.schemas_
+        return (
+            pa.table(customer_cols, schema=schemas["customers"]),
+            pa.table(order_cols, schema=schemas["orders"]),
+            pa.table(event_cols, schema=schemas["events"]),
+        )
+
+    def _previous_tags(self, customer_ids: list[str]) -> pd.DataFrame | None:
+        if self.snapshot is None or not self.snapshot.tag_columns:
+            return None
+        return self.snapshot.rows(customer_ids, [KEY, *self.snapshot.tag_columns])
+
+    def score_inline(self, request: ScoreRequest) -> list[dict[str, Any]]:
+        as_of = request.as_of if request.as_of is not None else default_as_of()
+        customers, orders, events = self._tables(request.customers)
+        features = self.builder.features(customers, orders, events, as_of)
+        by_id: dict[str, dict[str, Any]] = {}
+        if len(features):
+            ids = features[KEY].astype(str).tolist()
+            scores = score_features(
+                features,
+                self.models,
+                self.rules,
+                reference=self.snapshot.reference if self.snapshot else None,
+                previous_tags=self._previous_tags(ids),
+            )
+            for row in scores.to_dict(orient="records"):
+                by_id[str(row[KEY])] = render_result(row, self.models, self.rules, as_of)
+        return [
+            by_id.get(c.customer_id) or not_eligible_result(c.customer_id, self.models, as_of) for c in request.customers
+        ]
+
+    # ----------------------------------------------------------------------------------
+    # Snapshot lookups
+    # ----------------------------------------------------------------------------------
+
+    def score_by_ids(self, customer_ids: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+        if self.snapshot is None:
+            return [], list(customer_ids)
+        rows = self.snapshot.rows(list(dict.fromkeys(customer_ids)))
+        as_of = self.snapshot.run.as_of
+        found = {str(r[KEY]): render_result(r, self.models, self.rules, as_of, versions=self.snapshot.run.models) for r in rows.to_dict(orient="records")}
+        results = [found[c] for c in dict.fromkeys(customer_ids) if c in found]
+        missing = [c for c in dict.fromkeys(customer_ids) if c not in found]
+        return results, missing
+
+    # ----------------------------------------------------------------------------------
+    # Health
+    # ----------------------------------------------------------------------------------
+
+    def probe(self) -> None:
+        """Score one synthetic buyer and one lead end to end; raises if anything fails."""
+        as_of = default_as_of()
+        request = ScoreRequest.model_validate(
+            {
+                "as_of": as_of.isoformat(),
+                "customers": [
+                    {
+                        "customer_id": "__probe_buyer__",
+                        "created_at": (as_of - timedelta(days=400)).isoformat(),
+                        "orders": [
+                            {"order_id": f"__probe_{k}__", "ordered_at": (as_of - timedelta(days=30 * k + 1)).isoformat(), "amount": 20.0 + k}
+                            for k in range(3)
+                        ],
+                        "events": [{"occurred_at": (as_of - timedelta(days=2)).isoformat(), "event_type": "page_view"}],
+                    },
+                    {"customer_id": "__probe_lead__", "created_at": (as_of - timedelta(days=10)).isoformat()},
+                ],
+            }
+        )
+        results = self.score_inline(request)
+        for result in results:
+            for name, prediction in result["predictions"].items():
+                if prediction is None:
+                    continue
+                values = [v for k, v in prediction.items() if k in ("probability", "clv") and v is not None]
+                if not all(np.isfinite(values)):
+                    raise CrmScoringError(f"probe prediction {name} is not finite: {values}")
+
+    def describe(self) -> dict[str, Any]:
+        snapshot = None
+        if self.snapshot is not None:
+            run = self.snapshot.run
+            snapshot = {"run_id": run.run_id, "as_of": run.as_of.isoformat() + "Z", "rows": run.rows, "models": run.models}
+        return {"models": [m.describe() for m in self.models.models.values()], "snapshot": snapshot}
+
+
+def build_engine(
+    store_dir: Path,
+    tags_file: Path | None,
+    training_settings: Any = None,
+    *,
+    workers: int = 4,
+) -> ScoringEngine:
+    """Load champions, rules and the latest snapshot, compile the features, run the probe."""
+    models = load_model_set(training_settings)
+    rules = load_tag_rules(tags_file)
+    snapshot = load_snapshot_view(ScoreStore(store_dir))
+    attributes = attribute_columns_for(models.input_types())
+    params = online_feature_params(snapshot.meta if snapshot else {})
+    builder = OnlineFeatureBuilder(attributes, params, workers=workers).prepare()
+    engine = ScoringEngine(models, rules, builder, snapshot)
+    engine.probe()
+    return engine

@@ -1,0 +1,144 @@
+"""The champion models as the serving side uses them (loaded once, called many times).
+
+Batch and online scoring call exactly the same objects: the model logged in MLflow
+(`CrmScoringPyfunc`, unwrapped so MLflow's per-call schema enforcement does not cost
+milliseconds per request) and, for the classifiers, `PropensityModel.explain` for reasons.
+Loading goes through `training.registry.load_champion`, so the version served is the one
+the `champion` alias pointed at when loading started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from features.errors import CrmScoringError
+from training.config import TrainingSettings
+from training.results import MODEL_NAMES
+
+#: Output-contract prediction name of each registered model.
+PREDICTION_OF_MODEL: dict[str, str] = {
+    "lead_scoring": "lead_conversion",
+    "churn_propensity": "churn",
+    "customer_ltv": "ltv",
+}
+
+#: Column prefix of each model's outputs in score tables and snapshots.
+PREFIX_OF_MODEL: dict[str, str] = {"lead_scoring": "lead", "churn_propensity": "churn", "customer_ltv": "ltv"}
+
+
+class ModelLoadError(CrmScoringError):
+    """No model can be served (none promoted, or loading failed)."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded champion: how to predict, explain, and what to report about it."""
+
+    name: str
+    version: str
+    run_id: str | None
+    as_of: str | None
+    horizon_days: int | None
+    metrics: dict[str, float]
+    feature_columns: tuple[str, ...]
+    #: MLflow signature type per feature column ('double', 'long', 'integer', 'string', 'boolean').
+    input_types: dict[str, str]
+    predict_frame: Callable[[pd.DataFrame], pd.DataFrame]
+    explain: Callable[[pd.DataFrame, int], list[list[dict[str, Any]]]] | None = None
+    #: customer_ltv: the horizon of its CLV and expected purchases (days).
+    clv_horizon_days: int | None = None
+
+    @property
+    def prefix(self) -> str:
+        return PREFIX_OF_MODEL[self.name]
+
+    def describe(self) -> dict[str, Any]:
+        """The /v1/models entry: name, version, as_of, horizon and key metrics."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "as_of": self.as_of,
+            "horizon_days": self.horizon_days,
+            "run_id": self.run_id,
+            "metrics": {k: v for k, v in sorted(self.metrics.items()) if not k.startswith("baseline_")},
+        }
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """The champions being served; a model without a champion is simply absent."""
+
+    models: dict[str, ServedModel] = field(default_factory=dict)
+
+    def get(self, name: str) -> ServedModel | None:
+        return self.models.get(name)
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {name: m.version for name, m in sorted(self.models.items())}
+
+    def feature_columns(self) -> tuple[str, ...]:
+        """Every feature column any served model reads (sorted, without duplicates)."""
+        return tuple(sorted({c for m in self.models.values() for c in m.feature_columns}))
+
+    def input_types(self) -> dict[str, str]:
+        types: dict[str, str] = {}
+        for model in self.models.values():
+            types.update(model.input_types)
+        return types
+
+
+def _input_types(pyfunc: Any) -> dict[str, str]:
+    schema = pyfunc.metadata.get_input_schema()
+    if schema is None:
+        return {}
+    return {spec.name: getattr(spec.type, "name", str(spec.type)) for spec in schema.inputs}
+
+
+def served_model(champion: Any) -> ServedModel:
+    """A `ServedModel` from `training.registry.ChampionModel` (a loaded pyfunc)."""
+    wrapper = champion.model.unwrap_python_model()
+    inner = wrapper.model
+    explain = getattr(inner, "explain", None)
+    ltv_model = getattr(inner, "model", None)  # LtvServingModel wraps CustomerLtvModel
+    return ServedModel(
+        name=champion.name,
+        version=str(champion.version),
+        run_id=champion.run_id,
+        as_of=champion.as_of,
+        horizon_days=champion.horizon_days,
+        metrics=dict(champion.metrics),
+        feature_columns=tuple(wrapper.feature_columns),
+        input_types=_input_types(champion.model),
+        predict_frame=wrapper.predict_frame,
+        explain=(lambda frame, top_k, _explain=explain, _cols=tuple(wrapper.feature_columns): _explain(frame[list(_cols)], top_k))
+        if callable(explain)
+        else None,
+        clv_horizon_days=getattr(ltv_model, "horizon_days", None),
+    )
+
+
+def load_model_set(settings: TrainingSettings | None = None, names: tuple[str, ...] = MODEL_NAMES) -> ModelSet:
+    """Load every model that has a champion. Raises `ModelLoadError` when none can be served.
+
+    A champion that exists but fails to load is an error (serving silently without it
+    would hide a broken deployment); a model that was never promoted is skipped.
+    """
+    from training.registry import ModelNotFoundError, RegistryError, load_champion
+
+    loaded: dict[str, ServedModel] = {}
+    missing: list[str] = []
+    for name in names:
+        try:
+            loaded[name] = served_model(load_champion(name, settings))
+        except ModelNotFoundError as exc:
+            missing.append(f"{name} ({exc})")
+        except RegistryError as exc:
+            raise ModelLoadError(str(exc)) from exc
+    if not loaded:
+        raise ModelLoadError("no champion model to serve: " + "; ".join(missing))
+    return ModelSet(loaded)

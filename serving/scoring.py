@@ -1,0 +1,244 @@
+"""From a feature table to scores, percentiles, reasons, tags and the output contract.
+
+Pure: no I/O. Batch scoring (`serving.batch`) and the API (`serving.service`) call the
+same functions on the same models, so a customer scored either way gets the same
+numbers (the parity test holds them to 1e-9).
+
+Score table columns (also the snapshot's): `customer_id`, `rfm_segment`,
+`lead_probability`, `churn_probability`, `ltv_p_alive`, `ltv_expected_purchases`,
+`ltv_expected_order_value`, `ltv_clv`, the percentiles `lead_percentile`,
+`churn_percentile`, `ltv_percentile` (share of the reference population scoring at or
+below; the reference is the latest batch population), the reasons `lead_reasons` and
+`churn_reasons` (JSON lists), then the tag rules' `tag_<name>` and `segment_<name>`.
+A score that does not apply (a lead has no churn) is null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from serving.models import PREDICTION_OF_MODEL, ModelSet, ServedModel
+from serving.tags import TagRules, evaluate_tags
+
+KEY = "customer_id"
+
+#: Which population each model scores, by the rfm family's `orders_count` (completed orders before as_of).
+LEADS_ONLY = {"lead_scoring"}
+BUYERS_ONLY = {"churn_propensity", "customer_ltv"}
+
+#: Percentile column -> the score it ranks.
+PERCENTILE_OF: dict[str, str] = {
+    "lead_percentile": "lead_probability",
+    "churn_percentile": "churn_probability",
+    "ltv_percentile": "ltv_clv",
+}
+
+LTV_OUTPUTS = ("p_alive", "expected_purchases", "expected_order_value", "clv")
+SCORE_COLUMNS: tuple[str, ...] = (
+    "lead_probability",
+    "churn_probability",
+    *(f"ltv_{name}" for name in LTV_OUTPUTS),
+)
+REASON_COLUMNS: dict[str, str] = {"lead_scoring": "lead_reasons", "churn_propensity": "churn_reasons"}
+
+#: The tag that holds each prediction's tier in the output contract.
+TIER_TAG: dict[str, str] = {"lead_conversion": "lead_tier", "churn": "churn_risk", "ltv": "value_tier"}
+
+NOT_APPLICABLE_REASON: dict[str, str] = {
+    "lead_scoring": "customer has a completed order before as_of: lead scoring applies to leads only",
+    "churn_propensity": "no completed order before as_of: churn applies to customers who bought",
+    "customer_ltv": "no completed order before as_of: lifetime value needs a first purchase",
+}
+
+
+@dataclass(frozen=True)
+class PercentileReference:
+    """Sorted scores of a reference population (the latest batch run), per ranked score."""
+
+    sorted_scores: dict[str, np.ndarray]
+
+    @classmethod
+    def from_scores(cls, scores: pd.DataFrame) -> PercentileReference:
+        ranked = {}
+        for score in PERCENTILE_OF.values():
+            if score in scores.columns:
+                values = scores[score].to_numpy(dtype="float64", na_value=np.nan)
+                ranked[score] = np.sort(values[~np.isnan(values)])
+        return cls(ranked)
+
+    def percentile(self, score: str, values: np.ndarray) -> np.ndarray:
+        """Share of the reference at or below each value; NaN where the value is NaN or no reference."""
+        reference = self.sorted_scores.get(score)
+        out = np.full(len(values), np.nan)
+        if reference is None or len(reference) == 0:
+            return out
+        present = ~np.isnan(values)
+        out[present] = np.searchsorted(reference, values[present], side="right") / len(reference)
+        return out
+
+
+def _population(features: pd.DataFrame, model: ServedModel) -> np.ndarray:
+    orders = features["orders_count"].to_numpy(dtype="float64", na_value=0.0)
+    return orders == 0 if model.name in LEADS_ONLY else orders > 0
+
+
+def predict_scores(features: pd.DataFrame, models: ModelSet, *, reasons_top_k: int = 3) -> pd.DataFrame:
+    """Scores and reasons per feature row (same order); null where a model does not apply."""
+    n = len(features)
+    out = pd.DataFrame({KEY: features[KEY].astype("string").to_numpy()})
+    out["rfm_segment"] = features["rfm_segment"].astype("string").to_numpy() if "rfm_segment" in features else pd.NA
+    for column in SCORE_COLUMNS:
+        out[column] = np.full(n, np.nan)
+    for model_name, column in REASON_COLUMNS.items():
+        out[column] = pd.Series([None] * n, dtype="object")
+    for model in models.models.values():
+        rows = np.flatnonzero(_population(features, model))
+        if len(rows) == 0:
+            continue
+        subset = features.iloc[rows]
+        predicted = model.predict_frame(subset)
+        if model.name == "customer_ltv":
+            for name in LTV_OUTPUTS:
+                out.loc[rows, f"ltv_{name}"] = predicted[name].to_numpy(dtype="float64")
+        else:
+            out.loc[rows, f"{model.prefix}_probability"] = predicted["probability"].to_numpy(dtype="float64")
+            if model.explain is not None and reasons_top_k > 0:
+                reasons = model.explain(subset, reasons_top_k)
+                out.loc[rows, REASON_COLUMNS[model.name]] = pd.Series(
+                    [json.dumps(r, separators=(",", ":")) for r in reasons], index=rows, dtype="object"
+                )
+    return out
+
+
+def add_percentiles(scores: pd.DataFrame, reference: PercentileReference | None) -> pd.DataFrame:
+    """`*_percentile` columns against `reference` (None: against these scores themselves)."""
+    reference = reference if reference is not None else PercentileReference.from_scores(scores)
+    out = scores.copy()
+    for column, score in PERCENTILE_OF.items():
+        out[column] = reference.percentile(score, scores[score].to_numpy(dtype="float64", na_value=np.nan))
+    return out
+
+
+def score_features(
+    features: pd.DataFrame,
+    models: ModelSet,
+    rules: TagRules,
+    *,
+    reference: PercentileReference | None,
+    previous_tags: pd.DataFrame | None,
+    reasons_top_k: int = 3,
+) -> pd.DataFrame:
+    """The full score table: scores, percentiles, reasons, tags and segments."""
+    scores = add_percentiles(predict_scores(features, models, reasons_top_k=reasons_top_k), reference)
+    tags = evaluate_tags(rules, scores, previous_tags)
+    return pd.concat([scores.reset_index(drop=True), tags.drop(columns=[KEY]).reset_index(drop=True)], axis=1)
+
+
+# --------------------------------------------------------------------------------------
+# Output contract
+# --------------------------------------------------------------------------------------
+
+
+def _number(value: Any) -> float | None:
+    if value is None or value is pd.NA:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value)
+
+
+def _iso(as_of: datetime) -> str:
+    return as_of.strftime("%Y-%m-%dT%H:%M:%S") + (f".{as_of.microsecond:06d}" if as_of.microsecond else "") + "Z"
+
+
+def render_result(
+    row: dict[str, Any], models: ModelSet, rules: TagRules, as_of: datetime, *, versions: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """One customer's output-contract object from a score-table row (a dict of its columns).
+
+    versions: the model versions that produced the row when they are not the loaded ones
+    (a snapshot scored before a reload).
+    """
+    versions = versions or {}
+    tags: dict[str, Any] = {}
+    for name in rules.tag_names():
+        value = _text(row.get(f"tag_{name}"))
+        if value is not None:
+            tags[name] = True if value == "true" else value
+    segments = [name for name in rules.segment_names() if bool(row.get(f"segment_{name}"))]
+    predictions: dict[str, Any] = {}
+    not_applicable: dict[str, str] = {}
+    for model_name, prediction in PREDICTION_OF_MODEL.items():
+        model = models.get(model_name)
+        if model is None:
+            predictions[prediction] = None
+            not_applicable[prediction] = f"no {model_name} champion model is deployed"
+            continue
+        tier = tags.get(TIER_TAG[prediction]) if TIER_TAG[prediction] in tags else None
+        if model_name == "customer_ltv":
+            clv = _number(row.get("ltv_clv"))
+            if clv is None:
+                predictions[prediction] = None
+                not_applicable[prediction] = NOT_APPLICABLE_REASON[model_name]
+                continue
+            predictions[prediction] = {
+                "p_alive": _number(row.get("ltv_p_alive")),
+                "expected_purchases": _number(row.get("ltv_expected_purchases")),
+                "expected_order_value": _number(row.get("ltv_expected_order_value")),
+                "clv": clv,
+                "horizon_days": model.clv_horizon_days,
+                "percentile": _number(row.get("ltv_percentile")),
+                "tier": tier,
+                "model": model.name,
+                "version": versions.get(model.name, model.version),
+            }
+            continue
+        probability = _number(row.get(f"{model.prefix}_probability"))
+        if probability is None:
+            predictions[prediction] = None
+            not_applicable[prediction] = NOT_APPLICABLE_REASON[model_name]
+            continue
+        reasons_text = row.get(REASON_COLUMNS[model_name])
+        predictions[prediction] = {
+            "probability": probability,
+            "percentile": _number(row.get(f"{model.prefix}_percentile")),
+            "tier": tier,
+            "model": model.name,
+            "version": versions.get(model.name, model.version),
+            "reasons": json.loads(reasons_text) if isinstance(reasons_text, str) else [],
+        }
+    result: dict[str, Any] = {
+        "customer_id": str(row[KEY]),
+        "as_of": _iso(as_of),
+        "predictions": predictions,
+        "tags": tags,
+        "segments": segments,
+    }
+    if not_applicable:
+        result["not_applicable"] = not_applicable
+    return result
+
+
+def not_eligible_result(customer_id: str, models: ModelSet, as_of: datetime) -> dict[str, Any]:
+    """The answer for a profile created at or after as_of: it does not exist yet at as_of."""
+    reason = "profile created at or after as_of: nothing to score yet"
+    return {
+        "customer_id": customer_id,
+        "as_of": _iso(as_of),
+        "predictions": {p: None for p in PREDICTION_OF_MODEL.values()},
+        "tags": {},
+        "segments": [],
+        "not_applicable": {p: reason for p in PREDICTION_OF_MODEL.values()},
+    }

@@ -1,0 +1,81 @@
+"""Settings of the serving side (batch store, API, trigger delivery); read from the environment only when constructed.
+
+Environment variables use the ``CRMSCORE_`` prefix, e.g. ``CRMSCORE_STORE_DIR``,
+``CRMSCORE_API_KEYS``, ``CRMSCORE_WEBHOOK_SECRET``. Construct one object at the edge (a CLI
+command, the service) and pass it in.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from features.errors import CrmScoringError
+
+_KEY_SEPARATORS = re.compile(r"[,\n\r]+")
+
+
+class SettingsError(CrmScoringError):
+    """A setting points at something unusable (e.g. an unreadable key file)."""
+
+
+def _split_keys(text: str | None) -> list[str]:
+    """Keys from a comma / line separated list (blank entries and surrounding spaces dropped)."""
+    if not text:
+        return []
+    return [k.strip() for k in _KEY_SEPARATORS.split(text) if k.strip()]
+
+
+def _keys(inline: SecretStr | None, file: Path | None, variable: str) -> list[str]:
+    keys = _split_keys(inline.get_secret_value() if inline is not None else None)
+    if file is not None:
+        try:
+            keys += _split_keys(Path(file).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise SettingsError(f"cannot read {variable} {file}: {exc.strerror or exc}") from exc
+    return list(dict.fromkeys(keys))  # de-duplicated, order kept
+
+
+class ServingSettings(BaseSettings):
+    """Configuration for batch scoring, the scoring API and trigger delivery."""
+
+    model_config = SettingsConfigDict(env_prefix="CRMSCORE_", extra="ignore")
+
+    project_dir: Path = Field(default_factory=Path.cwd, description="Root for default local stores.")
+    store_dir: Path | None = Field(
+        default=None, description="Score store: runs, snapshots and the event outbox (default: <project_dir>/scores)."
+    )
+    tags_file: Path | None = Field(default=None, description="Tag rules YAML (default: the rules shipped with the package).")
+
+    # API keys (bearer): comma / line separated, inline or in a file.
+    api_keys: SecretStr | None = Field(default=None, description="API keys for /v1 (comma or line separated).")
+    api_keys_file: Path | None = Field(default=None, description="File with API keys, one per line.")
+    admin_keys: SecretStr | None = Field(default=None, description="Admin keys (also valid as API keys).")
+    admin_keys_file: Path | None = Field(default=None, description="File with admin keys, one per line.")
+
+    # API limits.
+    max_body_bytes: int = Field(default=10_000_000, ge=1, description="Largest accepted request body.")
+    max_customers_per_request: int = Field(default=1_000, ge=1, description="Largest batch in one scoring request.")
+    max_concurrent_requests: int = Field(default=64, ge=1, description="Scoring requests in flight before 429.")
+    request_timeout_seconds: float = Field(default=30.0, gt=0, description="Scoring time limit per request (then 503).")
+    online_workers: int = Field(default=4, ge=1, description="Threads scoring inline profiles.")
+
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Signing secret for trigger webhooks: 'whsec_<base64>' (Standard Webhooks) or any string.",
+    )
+
+    @property
+    def resolved_store_dir(self) -> Path:
+        return self.store_dir if self.store_dir is not None else self.project_dir / "scores"
+
+    def resolved_api_keys(self) -> list[str]:
+        """API keys from CRMSCORE_API_KEYS and CRMSCORE_API_KEYS_FILE."""
+        return _keys(self.api_keys, self.api_keys_file, "CRMSCORE_API_KEYS_FILE")
+
+    def resolved_admin_keys(self) -> list[str]:
+        """Admin keys from CRMSCORE_ADMIN_KEYS and CRMSCORE_ADMIN_KEYS_FILE."""
+        return _keys(self.admin_keys, self.admin_keys_file, "CRMSCORE_ADMIN_KEYS_FILE")

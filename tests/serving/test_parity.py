@@ -1,0 +1,84 @@
+"""Online (`/v1/score` engine) and batch scoring agree for the same customer and as_of."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serving.engine import ScoringEngine, build_engine
+from serving.schemas import ScoreRequest
+from serving.store import ScoreStore
+from tests.serving.conftest import AS_OF, TrainedProject
+from tests.serving.inline import inline_customers
+from training.config import TrainingSettings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine(trained_project: TrainedProject) -> ScoringEngine:
+    return build_engine(trained_project.root / "scores", None, TrainingSettings(project_dir=trained_project.root), workers=2)
+
+
+@pytest.fixture(scope="module")
+def snapshot(trained_project: TrainedProject) -> pd.DataFrame:
+    store = ScoreStore(trained_project.root / "scores")
+    latest = store.latest_run()
+    assert latest is not None and latest.as_of.date().isoformat() == AS_OF
+    return store.read_snapshot(latest.run_id).set_index("customer_id")
+
+
+def _sample_ids(snapshot: pd.DataFrame, n: int) -> list[str]:
+    leads = snapshot[snapshot.lead_probability.notna()].index[:n]
+    buyers = snapshot[snapshot.churn_probability.notna()].index[:n]
+    flagged = snapshot[snapshot.filter(like="segment_").any(axis=1)].index[:n]
+    return sorted({*leads, *buyers, *flagged})
+
+
+def test_online_scores_equal_the_batch_snapshot(engine: ScoringEngine, snapshot: pd.DataFrame, trained_project: TrainedProject) -> None:
+    ids = _sample_ids(snapshot, 25)
+    request = ScoreRequest.model_validate({"as_of": f"{AS_OF}T00:00:00Z", "customers": inline_customers(trained_project.profile, ids)})
+    results = engine.score_inline(request)
+    assert [r["customer_id"] for r in results] == [c.customer_id for c in request.customers]
+    compared = 0
+    for result in results:
+        batch = snapshot.loc[result["customer_id"]]
+        preds = result["predictions"]
+        for prediction, column in (("lead_conversion", "lead"), ("churn", "churn")):
+            if pd.isna(batch[f"{column}_probability"]):
+                assert preds[prediction] is None
+                continue
+            assert preds[prediction]["probability"] == pytest.approx(batch[f"{column}_probability"], abs=1e-9)
+            assert preds[prediction]["percentile"] == pytest.approx(batch[f"{column}_percentile"], abs=1e-9)
+            compared += 1
+        if pd.isna(batch["ltv_clv"]):
+            assert preds["ltv"] is None
+        else:
+            for name in ("p_alive", "expected_purchases", "expected_order_value", "clv"):
+                assert preds["ltv"][name] == pytest.approx(batch[f"ltv_{name}"], abs=1e-9, rel=1e-9)
+            assert preds["ltv"]["percentile"] == pytest.approx(batch["ltv_percentile"], abs=1e-9)
+        batch_tags = {c[4:]: (True if v == "true" else v) for c, v in batch.filter(like="tag_").items() if isinstance(v, str)}
+        assert result["tags"] == batch_tags
+        assert result["segments"] == [c[8:] for c, v in batch.filter(like="segment_").items() if bool(v)]
+    assert compared >= 40
+
+
+def test_by_id_answers_from_the_snapshot(engine: ScoringEngine, snapshot: pd.DataFrame) -> None:
+    ids = list(snapshot.index[:5])
+    results, missing = engine.score_by_ids([*ids, "no-such-customer", ids[0]])
+    assert missing == ["no-such-customer"]
+    assert [r["customer_id"] for r in results] == ids
+    for result in results:
+        churn = result["predictions"]["churn"]
+        expected = snapshot.loc[result["customer_id"], "churn_probability"]
+        assert (churn is None) == bool(np.isnan(expected))
+
+
+def test_irrelevant_changes_keep_the_online_score(engine: ScoringEngine, snapshot: pd.DataFrame, trained_project: TrainedProject) -> None:
+    cid = snapshot[snapshot.churn_probability.notna()].index[0]
+    base = inline_customers(trained_project.profile, [cid])[0]
+    changed = {**base, "customer_id": "renamed-customer", "attributes": {**base["attributes"], "email": "someone@else.example", "unused_attribute": 3}}
+    requests = [ScoreRequest.model_validate({"as_of": f"{AS_OF}T00:00:00Z", "customers": [c]}) for c in (base, changed)]
+    first, second = (engine.score_inline(r)[0] for r in requests)
+    assert first["predictions"]["churn"]["probability"] == pytest.approx(second["predictions"]["churn"]["probability"], abs=1e-12)

@@ -1,0 +1,218 @@
+"""The scoring API in process (auth, limits, field paths, reload) and under a real `bentoml serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from tests.serving.conftest import ADMIN_KEY, API_KEY, AS_OF, TrainedProject
+from tests.serving.inline import inline_customers
+
+pytestmark = pytest.mark.slow
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def client(trained_project: TrainedProject) -> Iterator[TestClient]:
+    saved = dict(os.environ)
+    os.environ.update({k: v for k, v in trained_project.env.items() if k.startswith("CRMSCORE_")})
+    os.environ["CRMSCORE_MAX_CUSTOMERS_PER_REQUEST"] = "5"
+    os.environ["CRMSCORE_MAX_BODY_BYTES"] = "200000"
+    try:
+        from serving.service import CrmScoring
+
+        with TestClient(CrmScoring.to_asgi()) as test_client:
+            yield test_client
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def customer(trained_project: TrainedProject) -> dict[str, Any]:
+    import pandas as pd
+
+    orders = pd.read_parquet(trained_project.profile / "orders.parquet")
+    buyer = str(orders.customer_id.iloc[0])
+    return inline_customers(trained_project.profile, [buyer])[0]
+
+
+def body(*customers: dict[str, Any], as_of: str | None = f"{AS_OF}T00:00:00Z") -> dict[str, Any]:
+    return {"as_of": as_of, "customers": list(customers)} if as_of else {"customers": list(customers)}
+
+
+def test_health_endpoints_are_open(client: TestClient) -> None:
+    for path in ("/healthz", "/livez", "/readyz"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_every_v1_endpoint_needs_a_key(client: TestClient, customer: dict[str, Any]) -> None:
+    assert client.post("/v1/score", json=body(customer)).status_code == 401
+    assert client.post("/v1/score", json=body(customer), headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.post("/v1/score", json=body(customer), headers={"Authorization": API_KEY}).status_code == 401
+    assert client.get("/v1/models").status_code == 401
+    assert client.post("/v1/score/by-id", json={"customer_ids": ["x"]}).status_code == 401
+    assert client.post("/v1/admin/reload", headers=AUTH).status_code == 403
+
+
+def test_score_follows_the_output_contract(client: TestClient, customer: dict[str, Any]) -> None:
+    response = client.post("/v1/score", json=body(customer), headers=AUTH)
+    assert response.status_code == 200, response.text
+    (result,) = response.json()["results"]
+    assert result["customer_id"] == customer["customer_id"]
+    assert result["as_of"] == f"{AS_OF}T00:00:00Z"
+    assert set(result["predictions"]) == {"churn", "lead_conversion", "ltv"}
+    churn = result["predictions"]["churn"]
+    assert 0.0 <= churn["probability"] <= 1.0 and 0.0 <= churn["percentile"] <= 1.0
+    assert churn["model"] == "churn_propensity" and churn["version"] and churn["tier"] in {"high", "medium", "low"}
+    assert churn["reasons"] and {"feature", "value", "contribution", "text"} <= set(churn["reasons"][0])
+    assert result["predictions"]["lead_conversion"] is None and "lead_conversion" in result["not_applicable"]
+    assert result["tags"]["churn_risk"] == churn["tier"]
+    assert isinstance(result["segments"], list)
+
+
+def test_models_endpoint(client: TestClient) -> None:
+    response = client.get("/v1/models", headers=AUTH)
+    assert response.status_code == 200
+    names = {m["name"] for m in response.json()["models"]}
+    assert names == {"lead_scoring", "churn_propensity", "customer_ltv"}
+    churn = next(m for m in response.json()["models"] if m["name"] == "churn_propensity")
+    assert "val_roc_auc" in churn["metrics"] and churn["as_of"]
+    assert response.json()["snapshot"]["as_of"].startswith(AS_OF)
+
+
+def _loc(response: httpx.Response) -> list[list[Any]]:
+    return [d["loc"] for d in response.json()["detail"]]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "status", "loc"),
+    [
+        (lambda c: c.pop("customer_id"), 422, ["body", "customers", 0, "customer_id"]),
+        (lambda c: c.update(customer_id=""), 422, ["body", "customers", 0, "customer_id"]),
+        (lambda c: c.update(created_at="not a date"), 422, ["body", "customers", 0, "created_at"]),
+        (lambda c: c.update(created_at="2099-01-01T00:00:00Z"), 422, ["body", "customers", 0, "created_at"]),
+        (lambda c: c["orders"][0].update(amount=-3), 422, ["body", "customers", 0, "orders", 0, "amount"]),
+        (lambda c: c["orders"][0].update(amount="ten"), 422, ["body", "customers", 0, "orders", 0, "amount"]),
+        (lambda c: c["orders"][0].update(ordered_at="2099-01-01T00:00:00Z"), 422, ["body", "customers", 0, "orders", 0, "ordered_at"]),
+        (lambda c: c["orders"][0].update(coupon="x"), 422, ["body", "customers", 0, "orders", 0, "coupon"]),
+        (lambda c: c.update(events=[{"occurred_at": "2025-01-01T00:00:00Z"}]), 422, ["body", "customers", 0, "events", 0, "event_type"]),
+        (lambda c: c.update(loyalty=1), 422, ["body", "customers", 0, "loyalty"]),
+        (lambda c: c.update(orders="none"), 422, ["body", "customers", 0, "orders"]),
+        (lambda c: c["attributes"].update(industry=5), 422, ["body", "customers", 0, "attributes", "industry"]),
+        (lambda c: c["orders"].insert(1, dict(c["orders"][0])), 422, ["body", "customers", 0, "orders", 1, "order_id"]),
+    ],
+)
+def test_bad_fields_get_422_with_the_field_path(client: TestClient, customer: dict[str, Any], mutate: Any, status: int, loc: list[Any]) -> None:
+    bad = json.loads(json.dumps(customer))
+    mutate(bad)
+    response = client.post("/v1/score", json=body(bad), headers=AUTH)
+    assert response.status_code == status, response.text
+    assert loc in _loc(response), _loc(response)
+
+
+def test_request_level_problems(client: TestClient, customer: dict[str, Any]) -> None:
+    assert client.post("/v1/score", json={**body(customer), "debug": True}, headers=AUTH).status_code == 422
+    assert client.post("/v1/score", json={"customers": []}, headers=AUTH).status_code == 422
+    assert client.post("/v1/score", json=body(customer, as_of="2099-01-01"), headers=AUTH).status_code == 422
+    dup = client.post("/v1/score", json=body(customer, customer), headers=AUTH)
+    assert dup.status_code == 422 and ["body", "customers", 1, "customer_id"] in _loc(dup)
+    assert client.post("/v1/score", content=b"{not json", headers={**AUTH, "Content-Type": "application/json"}).status_code == 422
+    assert client.post("/v1/score", content=b"[]", headers={**AUTH, "Content-Type": "application/json"}).status_code == 422
+    assert client.post("/v1/score/by-id", json={"customer_ids": "c-1"}, headers=AUTH).status_code == 422
+
+
+def test_too_many_customers_and_too_large_bodies(client: TestClient, customer: dict[str, Any]) -> None:
+    many = [{"customer_id": f"lead-{i}", "created_at": "2025-01-01T00:00:00Z"} for i in range(6)]
+    response = client.post("/v1/score", json=body(*many), headers=AUTH)
+    assert response.status_code == 413 and "limit is 5" in response.json()["error"]
+    huge = {**customer, "attributes": {"industry": "x" * 250_000}}
+    assert client.post("/v1/score", json=body(huge), headers=AUTH).status_code == 413
+
+
+def test_score_by_id(client: TestClient, customer: dict[str, Any]) -> None:
+    response = client.post("/v1/score/by-id", json={"customer_ids": [customer["customer_id"], "nobody"]}, headers=AUTH)
+    assert response.status_code == 200
+    payload = response.json()
+    assert payload["missing"] == ["nobody"] and payload["results"][0]["customer_id"] == customer["customer_id"]
+    assert payload["as_of"].startswith(AS_OF)
+
+
+def test_failed_reload_keeps_the_old_models(client: TestClient, customer: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import serving.engine
+
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    before = client.post("/v1/score", json=body(customer), headers=AUTH).json()
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise serving.engine.CrmScoringError("champion v9 cannot be loaded: artifact missing")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(serving.engine, "build_engine", broken)
+        failed = client.post("/v1/admin/reload", headers=admin)
+    assert failed.status_code == 409 and "still serving the previous models" in failed.json()["error"]
+    assert client.get("/readyz").status_code == 200
+    assert client.post("/v1/score", json=body(customer), headers=AUTH).json() == before
+    reloaded = client.post("/v1/admin/reload", headers=admin)
+    assert reloaded.status_code == 200 and reloaded.json()["reloaded"] is True
+    assert client.post("/v1/score", json=body(customer), headers=AUTH).json() == before
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_real_bentoml_serve(trained_project: TrainedProject, customer: dict[str, Any]) -> None:
+    port = _free_port()
+    cli = str(Path(sys.executable).with_name("crm-scoring"))
+    server = subprocess.Popen(
+        [cli, "serve", "--port", str(port)], cwd=trained_project.root, env=trained_project.env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, server.stdout.read().decode() if server.stdout else "server exited"
+            time.sleep(0.5)
+        else:
+            pytest.fail("the server did not become ready in 120 s")
+        response = httpx.post(f"{base}/v1/score", json=body(customer), headers=AUTH, timeout=30)
+        assert response.status_code == 200, response.text
+        assert response.json()["results"][0]["predictions"]["churn"]["probability"] > 0
+        assert httpx.post(f"{base}/v1/score", json=body(customer), timeout=30).status_code == 401
+        metrics = httpx.get(f"{base}/metrics", timeout=30)
+        assert metrics.status_code == 200 and "bentoml_service_request" in metrics.text
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            output, _ = server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            output, _ = server.communicate()
+    log = output.decode(errors="replace")
+    # No request bodies or personal data in the logs.
+    assert customer["customer_id"] not in log or "scored" in log
+    for value in customer["attributes"].values():
+        if isinstance(value, str) and "@" in value:
+            assert value not in log
