@@ -13,7 +13,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 .PHONY: setup run test test-fast demo bench clean help
 
 help:
-	@echo "make run    - set up the environment and run the demo pipeline"
+	@echo "make run    - set up, train the demo models if no champion exists, score, serve on :3000"
 	@echo "make test   - set up the environment and run the whole test suite"
 	@echo "make bench  - run the benchmarks (slow; see BENCHMARKS.md)"
 
@@ -29,9 +29,10 @@ $(STAMP): uv.lock pyproject.toml | $(UV)
 setup: $(STAMP)
 
 run: setup
-	$(VENV)/bin/crm-scoring demo
+	$(VENV)/bin/crm-scoring quickstart --port 3000
 
-demo: run
+demo: setup
+	$(VENV)/bin/crm-scoring demo
 
 test: setup
 	$(VENV)/bin/python -m pytest

@@ -17,7 +17,9 @@ leaves the previous run and the outbox as they were.
 
 Next to each snapshot, `<run_id>.meta.json` keeps what online scoring needs to agree with
 the batch: the RFM score edges of this population (a single customer has no population
-to be ranked in) and the model versions.
+to be ranked in) and the model versions; `<run_id>.features.parquet` keeps the feature
+rows, from which `/v1/score/by-id` computes reasons for the few rows asked for (explaining
+a million rows in the batch would cost minutes).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from typing import Any
 
 import ibis
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from features.families.rfm import RfmParams, RfmScoreEdges, rfm_score_edges
 from features.pipeline import FeatureParams, build_features
@@ -90,6 +94,25 @@ def write_meta(store: ScoreStore, run_id: str, meta: dict[str, Any]) -> Path:
     return target
 
 
+def features_path(store: ScoreStore, run_id: str) -> Path:
+    """The run's feature table (sorted by customer_id), kept for on-demand reasons."""
+    return store.snapshot_path(run_id).with_suffix(".features.parquet")
+
+
+def _write_table_atomically(table: pa.Table, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".features-", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, row_group_size=64 * 1024)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def read_meta(store: ScoreStore, run_id: str) -> dict[str, Any]:
     path = meta_path(store, run_id)
     return json.loads(path.read_text()) if path.exists() else {}
@@ -114,7 +137,6 @@ def score_profile(
     store: ScoreStore,
     *,
     feature_params: FeatureParams = FeatureParams(),
-    reasons_top_k: int = 3,
     emit_initial: bool = False,
     progress: Callable[[str], None] = lambda message: None,
 ) -> BatchResult:
@@ -141,7 +163,8 @@ def score_profile(
     lap("fingerprint")
 
     progress("build features")
-    features = build_features(profile, as_of, feature_params).to_pyarrow().to_pandas()
+    feature_table = build_features(profile, as_of, feature_params).to_pyarrow()
+    features = feature_table.to_pandas()
     lap("features")
 
     progress("score with the champion models")
@@ -149,7 +172,8 @@ def score_profile(
     if previous is not None:
         previous_snapshot = store.read_snapshot(previous.run_id)
         previous_tags = previous_snapshot[[KEY, *_tag_columns(previous_snapshot)]]
-    scores = score_features(features, models, rules, reference=None, previous_tags=previous_tags, reasons_top_k=reasons_top_k)
+    # Reasons are computed on demand from the stored features (see serving.scoring.add_reasons).
+    scores = score_features(features, models, rules, reference=None, previous_tags=previous_tags, reasons_top_k=0)
     lap("score")
 
     progress("diff with the previous run")
@@ -164,6 +188,7 @@ def score_profile(
     snapshot = scores.copy()
     snapshot.insert(1, "as_of", pd.Timestamp(as_of))
     path = store.write_snapshot(run_id, snapshot)
+    _write_table_atomically(feature_table, features_path(store, run_id))
     write_meta(
         store,
         run_id,

@@ -497,10 +497,11 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 def _register_serving_commands() -> None:
-    from serving.cli_serving import score, serve
+    from serving.cli_serving import quickstart, score, serve
 
     app.command("score")(score)
     app.command("serve")(serve)
+    app.command("quickstart")(quickstart)
 
 
 _register_serving_commands()

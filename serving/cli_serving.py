@@ -52,7 +52,7 @@ def score(
         settings = _serving_settings(store, tags)
         rules = _run_step("load tag rules", lambda: load_tag_rules(settings.tags_file))
         _quiet_mlflow()
-        models = _run_step("load champion models", lambda: load_model_set(_training_settings()))
+        models = _run_step("load champion models", lambda: load_model_set(_training_settings(), threads=os.cpu_count()))
         features_settings = _settings()
         con = connect(features_settings)
         profile_path = Path(profile)
@@ -111,3 +111,35 @@ def serve(
         command = [str(bentoml), "serve", "serving.service:CrmScoring", "--host", host, "--port", str(port)]
         out.print(f"serving on http://{host}:{port} (API under /v1, docs at /v1/docs, health at /readyz)", highlight=False)
         raise typer.Exit(subprocess.call(command, env=env))
+
+
+def quickstart(
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 3000,
+    data_dir: Annotated[Path, typer.Option("--data", help="Working folder of the demo data.")] = Path("data/demo"),
+) -> None:
+    """`make run`: train the demo models if no champion exists, batch-score if no snapshot exists, then serve."""
+    from serving.cli import _errors_as_exit, _quiet_mlflow, _training_settings, demo
+
+    with _errors_as_exit():
+        from features.synthetic import DATA_END
+        from serving.store import ScoreStore
+        from training.registry import ModelNotFoundError, champions
+
+        _quiet_mlflow()
+        try:
+            deployed = {info.name for info in champions(_training_settings())}
+        except ModelNotFoundError:
+            deployed = set()
+        if not deployed:
+            out.print("no champion model yet: training the demo models (about a minute)")
+            demo(out_dir=data_dir, customers=50_000, seed=7)
+        else:
+            out.print(f"champions found ({', '.join(sorted(deployed))}): not retraining")
+        settings = _serving_settings()
+        if ScoreStore(settings.resolved_store_dir).latest_run() is None:
+            profile_dir = data_dir / "profile"
+            if not profile_dir.exists():
+                raise typer.BadParameter(f"no batch snapshot and no demo profile at {profile_dir}: run crm-scoring score first")
+            out.print(f"no batch snapshot yet: scoring {profile_dir} as of {DATA_END:%Y-%m-%d}")
+            score(profile=profile_dir, as_of=DATA_END.date().isoformat())
+        serve(port=port, host="127.0.0.1")

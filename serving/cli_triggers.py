@@ -107,7 +107,7 @@ def deliver(
     Safe to kill and run again: at worst the events in flight are sent twice (same webhook-id).
     """
     with _errors_as_exit():
-        from serving.delivery import DeliveryPolicy, check_url, require_secret
+        from serving.delivery import DeliveryPolicy, check_url, display_url, require_secret
         from serving.delivery import deliver as run_delivery
 
         settings, score_store = _open_store(store)
@@ -121,15 +121,16 @@ def deliver(
         if not before["pending"]:
             out.print(f"nothing to deliver ({before['delivered']:,} delivered, {before['dead']:,} dead)", highlight=False)
             return
-        with console.status(f"delivering {before['pending']:,} pending event(s) to {url} ...") as status:
+        target = display_url(url)
+        with console.status(f"delivering {before['pending']:,} pending event(s) to {target} ...") as status:
 
             def progress(report) -> None:  # type: ignore[no-untyped-def]
                 status.update(
-                    f"delivering to {url}: {report.delivered:,} delivered, {report.retried:,} retried, {report.dead:,} dead"
+                    f"delivering to {target}: {report.delivered:,} delivered, {report.retried:,} retried, {report.dead:,} dead"
                 )
 
             report = run_delivery(score_store, url, secret, policy, on_progress=progress)
-        table = Table("delivered", "retried", "dead-lettered", "still pending", "attempts", "time", title=f"deliver -> {url}")
+        table = Table("delivered", "retried", "dead-lettered", "still pending", "attempts", "time", title=f"deliver -> {target}")
         table.add_row(
             f"{report.delivered:,}", f"{report.retried:,}", f"{report.dead:,}", f"{report.pending:,}",
             f"{report.attempts:,}", f"{report.elapsed:.1f} s",

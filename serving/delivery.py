@@ -81,10 +81,6 @@ class WebhookConfigError(DeliveryError):
     """The secret or the URL is missing or unusable."""
 
 
-class ReceiverGoneError(DeliveryError):
-    """The receiver answered 410 Gone: it asks the sender to stop."""
-
-
 # --------------------------------------------------------------------------------------
 # signing
 # --------------------------------------------------------------------------------------
@@ -317,8 +313,17 @@ def utc_now() -> datetime:
 def check_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise WebhookConfigError(f"--url must be an http(s) URL, got {url!r}")
+        raise WebhookConfigError(f"--url must be an http(s) URL with a host (got scheme {parts.scheme or 'none'!r})")
     return url
+
+
+def display_url(url: str) -> str:
+    """Scheme and host only: webhook paths and queries often embed tokens; keep them out of logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return f"{parts.scheme}://{host}" if parts.scheme and host else "<url>"
 
 
 def _group_by_customer(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -430,7 +435,7 @@ def _run(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     if stop.is_set():
-        report.stopped = f"the receiver answered 410 Gone at {url}: delivery stopped"
+        report.stopped = f"the receiver at {display_url(url)} answered 410 Gone: delivery stopped"
 
 
 def _record(

@@ -26,11 +26,11 @@ import pyarrow.parquet as pq
 
 from features.errors import CrmScoringError
 from features.families.attributes import normalise_name
-from serving.batch import online_feature_params, read_meta
+from serving.batch import features_path, online_feature_params, read_meta
 from serving.models import ModelSet, load_model_set
 from serving.online import AttributeColumn, OnlineFeatureBuilder, attribute_columns_for
 from serving.schemas import CustomerIn, ScoreRequest, now_utc, utc_naive
-from serving.scoring import KEY, PERCENTILE_OF, PercentileReference, not_eligible_result, render_result, score_features
+from serving.scoring import KEY, PERCENTILE_OF, PercentileReference, add_reasons, not_eligible_result, render_result, score_features
 from serving.store import RunRecord, ScoreStore
 from serving.tags import TagRules, load_tag_rules
 
@@ -52,8 +52,9 @@ class SnapshotView:
     reference: PercentileReference
     meta: dict[str, Any]
     tag_columns: tuple[str, ...]
+    features_path: Path | None = None
 
-    def rows(self, customer_ids: list[str], columns: list[str] | None = None) -> pd.DataFrame:
+    def rows(self, customer_ids: list[str], columns: list[str] | None = None, path: Path | None = None) -> pd.DataFrame:
         wanted = ", ".join(f'"{c}"' for c in columns) if columns else "*"
         con = duckdb.connect()
         try:
@@ -62,7 +63,7 @@ class SnapshotView:
             con.register("wanted_ids", ids)
             return con.execute(
                 f"SELECT {wanted} FROM read_parquet(?) WHERE customer_id IN (SELECT customer_id FROM wanted_ids)",
-                [str(self.path)],
+                [str(path or self.path)],
             ).fetch_arrow_table().to_pandas()
         finally:
             con.close()
@@ -76,7 +77,15 @@ def load_snapshot_view(store: ScoreStore) -> SnapshotView | None:
     schema = pq.read_schema(path)
     scores = pq.read_table(path, columns=[c for c in PERCENTILE_OF.values() if c in schema.names]).to_pandas()
     tag_columns = tuple(c for c in schema.names if c.startswith(("tag_", "segment_")))
-    return SnapshotView(run, path, PercentileReference.from_scores(scores), read_meta(store, run.run_id), tag_columns)
+    stored_features = features_path(store, run.run_id)
+    return SnapshotView(
+        run,
+        path,
+        PercentileReference.from_scores(scores),
+        read_meta(store, run.run_id),
+        tag_columns,
+        stored_features if stored_features.exists() else None,
+    )
 
 
 def default_as_of() -> datetime:
@@ -224,11 +233,22 @@ class ScoringEngine:
         if self.snapshot is None:
             return [], list(customer_ids)
         rows = self.snapshot.rows(list(dict.fromkeys(customer_ids)))
+        rows = self._with_reasons(rows)
         as_of = self.snapshot.run.as_of
         found = {str(r[KEY]): render_result(r, self.models, self.rules, as_of, versions=self.snapshot.run.models) for r in rows.to_dict(orient="records")}
         results = [found[c] for c in dict.fromkeys(customer_ids) if c in found]
         missing = [c for c in dict.fromkeys(customer_ids) if c not in found]
         return results, missing
+
+    def _with_reasons(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """Reasons for snapshot rows, from the run's stored features (same models as the run)."""
+        if self.snapshot is None or rows.empty or self.snapshot.features_path is None:
+            return rows
+        if self.snapshot.run.models != self.models.versions:
+            return rows  # the loaded models did not score this snapshot: their reasons would not match
+        features = self.snapshot.rows(rows[KEY].astype(str).tolist(), path=self.snapshot.features_path)
+        features = features.set_index(KEY).loc[rows[KEY].astype(str)].reset_index()
+        return add_reasons(rows.reset_index(drop=True), features, self.models)
 
     # ----------------------------------------------------------------------------------
     # Health

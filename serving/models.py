@@ -99,10 +99,17 @@ def _input_types(pyfunc: Any) -> dict[str, str]:
     return {spec.name: getattr(spec.type, "name", str(spec.type)) for spec in schema.inputs}
 
 
-def served_model(champion: Any) -> ServedModel:
-    """A `ServedModel` from `training.registry.ChampionModel` (a loaded pyfunc)."""
+def served_model(champion: Any, threads: int | None = None) -> ServedModel:
+    """A `ServedModel` from `training.registry.ChampionModel` (a loaded pyfunc).
+
+    threads: LightGBM prediction threads (training pins one for determinism; scoring a
+    million rows wants every core). Predictions do not depend on the thread count.
+    """
     wrapper = champion.model.unwrap_python_model()
     inner = wrapper.model
+    estimator = getattr(inner, "estimator_", None)
+    if threads is not None and estimator is not None and hasattr(estimator, "set_params"):
+        estimator.set_params(n_jobs=threads)
     explain = getattr(inner, "explain", None)
     ltv_model = getattr(inner, "model", None)  # LtvServingModel wraps CustomerLtvModel
     return ServedModel(
@@ -122,7 +129,9 @@ def served_model(champion: Any) -> ServedModel:
     )
 
 
-def load_model_set(settings: TrainingSettings | None = None, names: tuple[str, ...] = MODEL_NAMES) -> ModelSet:
+def load_model_set(
+    settings: TrainingSettings | None = None, names: tuple[str, ...] = MODEL_NAMES, *, threads: int | None = None
+) -> ModelSet:
     """Load every model that has a champion. Raises `ModelLoadError` when none can be served.
 
     A champion that exists but fails to load is an error (serving silently without it
@@ -134,7 +143,7 @@ def load_model_set(settings: TrainingSettings | None = None, names: tuple[str, .
     missing: list[str] = []
     for name in names:
         try:
-            loaded[name] = served_model(load_champion(name, settings))
+            loaded[name] = served_model(load_champion(name, settings), threads)
         except ModelNotFoundError as exc:
             missing.append(f"{name} ({exc})")
         except RegistryError as exc:

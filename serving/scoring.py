@@ -33,6 +33,9 @@ KEY = "customer_id"
 LEADS_ONLY = {"lead_scoring"}
 BUYERS_ONLY = {"churn_propensity", "customer_ltv"}
 
+#: Scores closer than this (relative above 1) count as equal when ranking percentiles.
+SCORE_TOLERANCE = 1e-10
+
 #: Percentile column -> the score it ranks.
 PERCENTILE_OF: dict[str, str] = {
     "lead_percentile": "lead_probability",
@@ -80,7 +83,10 @@ class PercentileReference:
         if reference is None or len(reference) == 0:
             return out
         present = ~np.isnan(values)
-        out[present] = np.searchsorted(reference, values[present], side="right") / len(reference)
+        # Tied scores (many customers share one RFM pattern) must stay tied when the same
+        # score is recomputed with float noise (~1e-13, summation order), so compare with slack.
+        probe = values[present] + SCORE_TOLERANCE * np.maximum(1.0, np.abs(values[present]))
+        out[present] = np.searchsorted(reference, probe, side="right") / len(reference)
         return out
 
 
@@ -114,6 +120,28 @@ def predict_scores(features: pd.DataFrame, models: ModelSet, *, reasons_top_k: i
                 out.loc[rows, REASON_COLUMNS[model.name]] = pd.Series(
                     [json.dumps(r, separators=(",", ":")) for r in reasons], index=rows, dtype="object"
                 )
+    return out
+
+
+def add_reasons(scores: pd.DataFrame, features: pd.DataFrame, models: ModelSet, reasons_top_k: int = 3) -> pd.DataFrame:
+    """Fill `lead_reasons` / `churn_reasons` for rows with a probability (features in the same row order).
+
+    The batch does not explain a million rows (TreeSHAP costs ~0.2 ms per row and model);
+    it keeps the features instead and reasons are computed when a row is asked for.
+    """
+    out = scores.copy()
+    for model_name, column in REASON_COLUMNS.items():
+        model = models.get(model_name)
+        if model is None or model.explain is None:
+            continue
+        rows = np.flatnonzero(out[f"{model.prefix}_probability"].notna().to_numpy())
+        if len(rows) == 0:
+            continue
+        reasons = model.explain(features.iloc[rows], reasons_top_k)
+        values = out[column].astype("object").to_numpy(copy=True)
+        for row, reason in zip(rows, reasons, strict=True):
+            values[row] = json.dumps(reason, separators=(",", ":"))
+        out[column] = values
     return out
 
 

@@ -103,7 +103,8 @@ class LtvConfig:
     penalizer_ladder: tuple[float, ...] = DEFAULT_PENALIZER_LADDER
     gg_penalizer_ladder: tuple[float, ...] = DEFAULT_PENALIZER_LADDER
     monthly_discount_rate: float = 0.01
-    prediction_horizon_days: int | None = None  # served model's horizon; None: the training horizon
+    # Horizon of the served CLV and expected purchases (the issue default: a year); None: the training horizon.
+    prediction_horizon_days: int | None = 365
     tracking_figure: bool = True  # needs the cohort's orders in memory
     tracking_period_days: int = 7
     features: FeatureParams = field(default_factory=FeatureParams)

@@ -145,7 +145,8 @@ def serve(receiver: Receiver) -> Iterator[Receiver]:
         server.server_close()
 
 
-FAST = DeliveryPolicy(max_attempts=10, backoff=0.01, max_backoff=0.05, timeout=0.25, concurrency=4)
+# Many attempts: a loaded CI machine may time out a few healthy requests too.
+FAST = DeliveryPolicy(max_attempts=50, backoff=0.01, max_backoff=0.05, timeout=0.25, concurrency=4)
 
 
 # --------------------------------------------------------------------------------------
@@ -251,6 +252,7 @@ def test_410_gone_stops_the_run_and_keeps_events_pending(tmp_path: Path) -> None
     with serve(Receiver(lambda n, i: "410")) as receiver:
         report = deliver(store, receiver.url, SECRET, DeliveryPolicy(backoff=0.01, concurrency=1))
     assert report.stopped and "410" in report.stopped and not report.ok
+    assert "/hooks" not in report.stopped  # paths often hold tokens: only scheme and host are shown
     assert receiver.count() == 1
     assert store.event_counts() == {"pending": 6, "delivered": 0, "dead": 0}
 

@@ -62,6 +62,14 @@ def test_online_scores_equal_the_batch_snapshot(engine: ScoringEngine, snapshot:
         assert result["tags"] == batch_tags
         assert result["segments"] == [c[8:] for c, v in batch.filter(like="segment_").items() if bool(v)]
     assert compared >= 40
+    # Reasons from the batch's stored features (by-id) name the same features as inline ones.
+    by_id, _ = engine.score_by_ids(ids)
+    for online, stored in zip(results, by_id, strict=True):
+        for prediction in ("churn", "lead_conversion"):
+            if online["predictions"][prediction] is not None:
+                assert [r["feature"] for r in online["predictions"][prediction]["reasons"]] == [
+                    r["feature"] for r in stored["predictions"][prediction]["reasons"]
+                ]
 
 
 def test_by_id_answers_from_the_snapshot(engine: ScoringEngine, snapshot: pd.DataFrame) -> None:
@@ -73,6 +81,9 @@ def test_by_id_answers_from_the_snapshot(engine: ScoringEngine, snapshot: pd.Dat
         churn = result["predictions"]["churn"]
         expected = snapshot.loc[result["customer_id"], "churn_probability"]
         assert (churn is None) == bool(np.isnan(expected))
+        if churn is not None:
+            assert churn["probability"] == pytest.approx(expected, abs=1e-12)
+            assert churn["reasons"] and all(r["text"] for r in churn["reasons"])
 
 
 def test_irrelevant_changes_keep_the_online_score(engine: ScoringEngine, snapshot: pd.DataFrame, trained_project: TrainedProject) -> None:

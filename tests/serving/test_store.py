@@ -247,7 +247,13 @@ def test_commit_needs_the_snapshot_and_events_of_the_same_run(tmp_path: Path) ->
         store.commit_run(record("run_1", DAY1, None, 1), events.assign(run_id="run_0"))
     with pytest.raises(StoreError, match="lacks column"):
         store.commit_run(record("run_1", DAY1, None, 1), events.drop(columns=["next_value"]))
-    assert store.commit_run(record("run_1", DAY1, None, 1), events) == 1
+    two_days = pd.concat([events, events.assign(id="evt_other", created_at="2025-07-02T00:00:00.000000Z")])
+    with pytest.raises(StoreError, match="share one created_at"):
+        store.commit_run(record("run_1", DAY1, None, 1), two_days)
+    # Timestamps given as datetimes are stored in the canonical text form.
+    assert store.commit_run(record("run_1", DAY1, None, 1), events.assign(as_of=DAY1, created_at=DAY1)) == 1
+    (stored,) = store.iter_events()
+    assert (stored["as_of"], stored["created_at"], stored["next_attempt_at"]) == ("2025-07-01T00:00:00.000000Z",) * 3
 
 
 def test_orphan_temp_files_of_dead_writers_are_removed(tmp_path: Path) -> None:
