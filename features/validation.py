@@ -20,6 +20,7 @@ import ibis.expr.datatypes as dt
 import pyarrow as pa
 from ibis.backends import BaseBackend
 from ibis import _
+from ibis.common.exceptions import IbisError
 
 from features.errors import ProfileError, ProfileValidationError
 from features.profile import Profile
@@ -192,12 +193,10 @@ def _checks_for(col: ColumnSpec, raw: ibis.Value, value: ibis.Value) -> list[tup
     return checks
 
 
-def _with_row_checks(table: ibis.Table, spec: TableSpec, attribute_columns: list[str]) -> ibis.Table:
-    """Typed columns under their contract names, attributes, `_row`, and the first failing check.
-
-    Raw values are not carried along (that would double the memory of the largest
-    tables); rejected rows get them back by joining the raw table on `_row`.
-    """
+def _typed_and_checks(
+    table: ibis.Table, spec: TableSpec
+) -> tuple[dict[str, ibis.Value], list[tuple[ibis.Value, str, str, ibis.Value]]]:
+    """The typed contract columns of a raw table and its row checks (condition, column, code, reason)."""
     schema = table.schema()
     typed: dict[str, ibis.Value] = {}
     checks: list[tuple[ibis.Value, str, str, ibis.Value]] = []
@@ -210,6 +209,27 @@ def _with_row_checks(table: ibis.Table, spec: TableSpec, attribute_columns: list
         else:
             value = ibis.null({"string": "string", "timestamp": _TIMESTAMP, "number": "float64"}[col.kind])
         typed[col.name] = value
+    return typed, checks
+
+
+def _typed(table: ibis.Table, spec: TableSpec, attribute_columns: list[str]) -> ibis.Table:
+    """The clean table of a raw table without rejects: typed contract columns and attributes only.
+
+    Built straight from the raw table, not by projecting the checked one: a backend may
+    keep work that feeds only unused check columns (DuckDB evaluates the semi-join behind
+    an unknown-customer check whenever the checked table is a materialised CTE).
+    """
+    typed, _checks = _typed_and_checks(table, spec)
+    return table.select(**typed, **{a: table[a] for a in attribute_columns})
+
+
+def _with_row_checks(table: ibis.Table, spec: TableSpec, attribute_columns: list[str]) -> ibis.Table:
+    """Typed columns under their contract names, attributes, `_row`, and the first failing check.
+
+    Raw values are not carried along (that would double the memory of the largest
+    tables); rejected rows get them back by joining the raw table on `_row`.
+    """
+    typed, checks = _typed_and_checks(table, spec)
     return table.select(ROW, **typed, **{a: table[a] for a in attribute_columns}, **_first_failing(checks))
 
 
@@ -228,23 +248,48 @@ def _first_failing(checks: list[tuple[ibis.Value, str, str, ibis.Value]]) -> dic
 
 
 def _reject_where(table: ibis.Table, condition: ibis.Value, column: str, code: str, reason: ibis.Value) -> ibis.Table:
-    """Add a check to rows that passed every earlier one."""
-    fresh = table[REJECT_CODE].isnull() & condition
-    return table.mutate(
+    """Add a check to rows that passed every earlier one.
+
+    The condition is evaluated once into a column: written into each of the three reject
+    columns, a semi-join condition (`isin` a table) would run three times.
+    """
+    marked = table.mutate(_fresh=table[REJECT_CODE].isnull() & condition)
+    fresh = marked._fresh
+    return marked.mutate(
         **{
-            REJECT_COLUMN: ibis.ifelse(fresh, column, table[REJECT_COLUMN]),
-            REJECT_CODE: ibis.ifelse(fresh, code, table[REJECT_CODE]),
-            REJECT_REASON: ibis.ifelse(fresh, reason, table[REJECT_REASON]),
+            REJECT_COLUMN: ibis.ifelse(fresh, column, marked[REJECT_COLUMN]),
+            REJECT_CODE: ibis.ifelse(fresh, code, marked[REJECT_CODE]),
+            REJECT_REASON: ibis.ifelse(fresh, reason, marked[REJECT_REASON]),
         }
-    )
+    ).drop("_fresh")
+
+
+@ibis.udf.scalar.builtin(name="hash")
+def _duckdb_hash(value: str) -> dt.UInt64:
+    """DuckDB's native 64-bit hash (Ibis' `hash()` adds a cast through BIT that costs more than the hash)."""
+
+
+def _key_hash(key: ibis.Value) -> ibis.Value:
+    try:
+        on_duckdb = ibis.get_backend(key).name == "duckdb"
+    except IbisError:  # unbound tables: stay portable
+        on_duckdb = False
+    return _duckdb_hash(key) if on_duckdb else key.hash()
 
 
 def _has_duplicates(table: ibis.Table, key: str) -> bool:
     """Cheap pre-check: equal counts of rows and of distinct 64-bit key hashes prove the
-    key is unique (a hash collision only costs the exact check below)."""
+    key is unique (a hash collision only costs the exact check below).
+
+    The distinct hashes are counted as SELECT DISTINCT in a subquery: on DuckDB an
+    ungrouped COUNT(DISTINCT ...) over ~30 M keys runs on one thread, a DISTINCT on all.
+    """
     keys = table.filter(table[key].notnull())
-    counts = keys.aggregate(n=keys[key].count(), distinct=keys[key].hash().nunique()).to_pyarrow().to_pylist()[0]
-    return counts["n"] != counts["distinct"]
+    hashes = keys.select(_key_hash=_key_hash(keys[key])).distinct()
+    # Two independent scans: a shared filtered subquery would be materialised first.
+    counts = table.aggregate(n=table[key].count()).cross_join(hashes.aggregate(distinct=hashes.count()))
+    row = counts.to_pyarrow().to_pylist()[0]
+    return row["n"] != row["distinct"]
 
 
 def _reject_duplicates(table: ibis.Table, key: str) -> ibis.Table:
@@ -392,15 +437,16 @@ def validate_profile(
     clean: dict[str, ibis.Table] = {}
 
     def finish(name: str, checked: ibis.Table) -> None:
-        # One scan counts every problem. A table without any is served straight from its
-        # typed projection (unused check columns are pruned); a table with rejects is
-        # staged once so the report, the rejects and the features read the same rows.
+        # One scan counts every problem. A table without any is served straight from the
+        # typed projection of the raw table (no check is computed again); a table with
+        # rejects is staged once so the report, the rejects and the features read the
+        # same rows.
         counts[name] = _problem_counts(checked)
         if any(r[REJECT_CODE] is not None for r in counts[name]):
             checked = stage(name, checked)
             clean[name] = _clean(checked, specs[name], attributes[name])
         else:
-            clean[name] = checked.select(*[c.name for c in specs[name].columns], *attributes[name])
+            clean[name] = _typed(tables[name], specs[name], attributes[name])
         staged[name] = checked
 
     finish("customers", _reject_duplicates(_with_row_checks(tables["customers"], CUSTOMERS, attribute_columns), "customer_id"))

@@ -6,9 +6,11 @@ contract); every other type of the free vocabulary is ignored, totals included.
 
 The events are read in two scans with conditional aggregates, whatever the number of
 types and windows (never one query per type): one over the rows inside the longest
-look-back for every count, one over all history for the last occurrence per type. On
-DuckDB a hash aggregate over ~1 M customers costs about rows x aggregates, so putting all
-~70 aggregates over all history in one group-by is 2-3x slower than this split.
+look-back for every count, one over all history for the last occurrence per type; the
+active days come from a small distinct (customer, day) aggregate over the active window.
+On DuckDB a hash aggregate over ~1 M customers costs about rows x aggregates, so putting
+all ~70 aggregates over all history in one group-by is 2-3x slower than this split, and a
+COUNT(DISTINCT) inside a wide group-by moves the whole aggregate onto a slower path.
 
 Column names use the event type made column-safe (lower case, runs of other characters
 -> `_`: "Webinar Attended" -> `webinar_attended`). Per configured type `t` and window `w`
@@ -108,9 +110,20 @@ def _relative_change(recent: ibis.NumericValue, previous: ibis.NumericValue) -> 
 
 
 def _count_where(condition: ibis.BooleanValue) -> ibis.IntegerValue:
-    """Rows meeting `condition` as SUM(CASE ...): on DuckDB, with compound conditions, measured
-    up to ~2.5x cheaper than the COUNT(*) FILTER (...) that `count(where=...)` compiles to."""
-    return ibis.ifelse(condition, 1, 0).sum()
+    """Rows meeting `condition` as COUNT(CASE WHEN condition THEN 1 END).
+
+    On DuckDB, with ~50 such counts in one group-by, this measured ~1.5x cheaper than
+    SUM(CASE ... THEN 1 ELSE 0 END) (whose 128-bit sum states double the hash table rows)
+    and cheaper than the COUNT(*) FILTER (...) that `count(where=...)` compiles to.
+    """
+    return ibis.ifelse(condition, 1, ibis.null("int8")).count()
+
+
+def events_before(profile: Profile, as_of: datetime) -> ibis.Table:
+    """Every event before as_of. The engagement and funnel families both start from this one
+    expression, so a query holding both reads the events once (one shared subquery)."""
+    events = profile.events
+    return events.filter(events.occurred_at < as_of_literal(as_of))
 
 
 def engagement_features(
@@ -122,11 +135,11 @@ def engagement_features(
     cutoff = as_of_literal(as_of)
     k = params.trend_days
 
-    ev = profile.events
-    ev = ev.filter((ev.occurred_at < cutoff) & ev.event_type.isin(list(params.event_types)))
+    ev = events_before(profile, as_of)
     # Number the configured types once; the many conditional aggregates compare small integers.
     code = ibis.cases(*[(ev.event_type == t, i) for i, t in enumerate(params.event_types)], else_=-1)
     ev = ev.select("customer_id", "occurred_at", _type=code.cast("int16"))
+    ev = ev.filter(ev._type >= 0)  # only the configured types count
 
     # A hash aggregate over ~1 M customers costs about rows x aggregates, so the work is split
     # in two scans with conditional aggregates (never one query per type):
@@ -153,14 +166,18 @@ def engagement_features(
 
     last_seen = ev.group_by("customer_id").aggregate(
         _last_all=ev.occurred_at.max(),
-        _active_days=day_number(ev.occurred_at).nunique(
-            where=ev.occurred_at >= days_before(as_of, params.active_days_window)
-        ),
         **{f"_last{i}": ev.occurred_at.max(where=ev._type == i) for i in range(len(params.event_types))},
+    )
+    active = ev.filter(ev.occurred_at >= days_before(as_of, params.active_days_window))
+    active_days = (
+        active.select("customer_id", _day=day_number(active.occurred_at))
+        .distinct()
+        .group_by("customer_id")
+        .aggregate(_active_days=ibis._.count())
     )
 
     t = eligible_customers(profile, as_of)
-    for agg in (recent_counts, last_seen):
+    for agg in (recent_counts, last_seen, active_days):
         right = agg.rename(_agg_customer_id="customer_id")
         t = t.left_join(right, t.customer_id == right._agg_customer_id).drop("_agg_customer_id")
 

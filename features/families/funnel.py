@@ -26,6 +26,7 @@ from datetime import datetime
 
 import ibis
 
+from features.families.engagement import events_before
 from features.population import eligible_customers
 from features.profile import Profile
 from features.timeutil import as_of_literal, days_before, days_between, to_utc_naive
@@ -65,8 +66,9 @@ class FunnelParams:
 
 
 def _count_where(condition: ibis.BooleanValue) -> ibis.IntegerValue:
-    """Rows meeting `condition`, as SUM(CASE ...) (cheaper than COUNT(*) FILTER on DuckDB)."""
-    return ibis.ifelse(condition, 1, 0).sum()
+    """Rows meeting `condition`, as COUNT(CASE WHEN condition THEN 1 END): on DuckDB cheaper than
+    SUM(CASE ... ELSE 0) (128-bit sum states) and than COUNT(*) FILTER (...)."""
+    return ibis.ifelse(condition, 1, ibis.null("int8")).count()
 
 
 def funnel_features(profile: Profile, as_of: datetime, params: FunnelParams = FunnelParams()) -> ibis.Table:
@@ -77,7 +79,7 @@ def funnel_features(profile: Profile, as_of: datetime, params: FunnelParams = Fu
     def since(table: ibis.Table, days: int) -> ibis.BooleanValue:
         return table.occurred_at >= days_before(as_of, days)
 
-    ev = profile.events.filter(profile.events.occurred_at < cutoff)
+    ev = events_before(profile, as_of)  # the same expression as the engagement family's: read once
     kind = ev.event_type
     stage = ibis.cases(
         (kind.isin(list(params.sales_ready_event_types)), STAGE_SALES_READY),

@@ -36,10 +36,11 @@ from datetime import datetime
 
 import ibis
 
-from features.population import completed_orders, eligible_customers
+from features.families.rfm import purchase_sequence
+from features.population import eligible_customers
 from features.profile import Profile
 from features.schema import REFUNDED_STATUSES
-from features.timeutil import as_of_literal, days_before, day_number, days_between, to_utc_naive
+from features.timeutil import as_of_literal, days_before, days_between, to_utc_naive
 
 
 @dataclass(frozen=True)
@@ -80,45 +81,43 @@ def transaction_features(
     as_of = to_utc_naive(as_of)
     cutoff = as_of_literal(as_of)
 
-    purchases = completed_orders(profile)
-    purchases = purchases.filter(purchases.ordered_at < cutoff)
+    # Completed purchases before as_of with their purchase days: the rfm family's expression, so
+    # with both families in one query the orders are filtered and sorted per customer once.
+    purchases = purchase_sequence(profile, as_of)
 
-    # 1. Windows, the trends' previous windows and recency: one pass with conditional aggregates,
-    # written as SUM(CASE ...): on DuckDB several times cheaper than COUNT/SUM ... FILTER (...),
-    # and no COUNT(DISTINCT) here, which would push the whole aggregate onto a slower path.
+    # 1. Windows, the trends' previous windows, recency and the gaps between consecutive distinct
+    # purchase days (the positive day gaps; the first purchase has none): one pass with conditional aggregates,
+    # written as COUNT(CASE ... THEN 1 END) and SUM(CASE ...): on DuckDB several times cheaper
+    # than COUNT/SUM ... FILTER (...) (and the counts cheaper than SUM(CASE ... ELSE 0) with its
+    # 128-bit states); no COUNT(DISTINCT) here, which would push the whole aggregate onto a
+    # slower path.
     window_aggs: dict[str, ibis.Value] = {}
     for w in params.windows_days:
         start = days_before(as_of, w)
         prev_start = days_before(as_of, 2 * w)
         recent = purchases.ordered_at >= start
         previous = (purchases.ordered_at >= prev_start) & (purchases.ordered_at < start)
-        window_aggs[f"_orders_{w}"] = ibis.ifelse(recent, 1, 0).sum()
+        window_aggs[f"_orders_{w}"] = ibis.ifelse(recent, 1, ibis.null("int8")).count()
         window_aggs[f"_revenue_{w}"] = ibis.ifelse(recent, purchases.amount, 0.0).sum()
-        window_aggs[f"_orders_prev_{w}"] = ibis.ifelse(previous, 1, 0).sum()
+        window_aggs[f"_orders_prev_{w}"] = ibis.ifelse(previous, 1, ibis.null("int8")).count()
         window_aggs[f"_revenue_prev_{w}"] = ibis.ifelse(previous, purchases.amount, 0.0).sum()
+    gap = ibis.ifelse(purchases.day_gap > 0, purchases.day_gap, ibis.null("int64"))
     windows = purchases.group_by("customer_id").aggregate(
-        _last_ordered_at=purchases.ordered_at.max(), **window_aggs
+        _last_ordered_at=purchases.ordered_at.max(),
+        **window_aggs,
+        _gap_mean=gap.mean(),
+        _gap_std=gap.std(how="sample"),
     )
 
-    # 2. Gaps between consecutive distinct purchase days (window function over days, not orders).
-    days = purchases.select("customer_id", _day=day_number(purchases.ordered_at)).distinct()
-    days = days.mutate(
-        _gap=days._day - days._day.lag().over(ibis.window(group_by="customer_id", order_by="_day"))
-    )
-    gaps = days.group_by("customer_id").aggregate(
-        _gap_mean=days._gap.mean(),  # the first day has no gap (null) and is skipped
-        _gap_std=days._gap.std(how="sample"),
-    )
-
-    # 3. Refund share over every order before as_of, whatever its status.
+    # 2. Refund share over every order before as_of, whatever its status.
     every_order = profile.orders.filter(profile.orders.ordered_at < cutoff)
     refunded = every_order.status.lower().isin([s.lower() for s in REFUNDED_STATUSES])
     refunds = every_order.group_by("customer_id").aggregate(
         _orders_any_status=every_order.count(),
-        _orders_refunded=ibis.ifelse(refunded, 1, 0).sum(),
+        _orders_refunded=ibis.ifelse(refunded, 1, ibis.null("int8")).count(),
     )
 
-    # 4. Top category by completed revenue (deterministic tie-break on the name) and the
+    # 3. Top category by completed revenue (deterministic tie-break on the name) and the
     # number of categories: one row per (customer, category), ranked within the customer.
     categorised = purchases.filter(purchases.category.notnull())
     by_category = categorised.group_by(["customer_id", "category"]).aggregate(
@@ -135,7 +134,7 @@ def transaction_features(
     )
 
     population = eligible_customers(profile, as_of)
-    t = _join_on_customer(population, windows, gaps, refunds, top)
+    t = _join_on_customer(population, windows, refunds, top)
 
     columns: dict[str, ibis.Value] = {"customer_id": t.customer_id}
     for w in params.windows_days:

@@ -225,6 +225,171 @@ def test_simulated_parameters_are_recovered():
     np.testing.assert_allclose(np.array(model.gg_params_), np.array(gg_truth), rtol=0.15)
 
 
+# ---- warm start ------------------------------------------------------------------------
+
+
+def _count_likelihood_calls(monkeypatch, fitter_name: str) -> list[int]:
+    """Rows seen by each call of a lifetimes fitter's objective (BFGS evaluations, then one for the Hessian)."""
+    import lifetimes
+
+    cls = getattr(lifetimes, fitter_name)
+    original = cls._negative_log_likelihood
+    calls: list[int] = []
+
+    def counted(log_params, *args):
+        calls.append(len(args[0]))
+        return original(log_params, *args)
+
+    monkeypatch.setattr(cls, "_negative_log_likelihood", staticmethod(counted))
+    return calls
+
+
+def test_warm_start_at_the_optimum_stops_at_once(monkeypatch, summary):
+    """The start is converted to lifetimes' own coordinates exactly (log-parameters, time scaled by 1 / max T)."""
+    from training import ltv
+
+    x, t_x, T = summary["x"].to_numpy(), summary["t_x"].to_numpy() * 7, summary["T"].to_numpy() * 7  # days
+    weights = np.ones(len(x), dtype=np.int64)
+    cold = ltv._lifetimes_bgnbd(x, t_x, T, weights, 0.0)
+    calls = _count_likelihood_calls(monkeypatch, "BetaGeoFitter")
+    again = ltv._lifetimes_bgnbd(x, t_x, T, weights, 0.0, start=cold)
+    assert len(calls) == 2  # one evaluation (the gradient is already below tolerance) + the Hessian
+    for name, value in cold.params.items():
+        assert again.params[name] == pytest.approx(value, rel=1e-12), name
+
+    repeat = x > 0
+    zbar = summary["zbar"].to_numpy()[repeat]
+    gg_cold = ltv._lifetimes_gamma_gamma(x[repeat], zbar, weights[repeat], 0.0)
+    gg_calls = _count_likelihood_calls(monkeypatch, "GammaGammaFitter")
+    gg_again = ltv._lifetimes_gamma_gamma(x[repeat], zbar, weights[repeat], 0.0, start=gg_cold)
+    assert len(gg_calls) == 2
+    for name, value in gg_cold.params.items():
+        assert gg_again.params[name] == pytest.approx(value, rel=1e-12), name
+
+
+@pytest.fixture(scope="module")
+def warm_features() -> pd.DataFrame:
+    return simulate_bgnbd(40_000, seed=11)
+
+
+def _small_warm_start(monkeypatch, min_rows: int = 2_000, sample: int = 4_000) -> None:
+    from training import ltv
+
+    monkeypatch.setattr(ltv, "WARM_START_MIN_ROWS", min_rows)
+    monkeypatch.setattr(ltv, "WARM_START_SAMPLE", sample)
+
+
+def _assert_same_fit(warm: CustomerLtvModel, cold: CustomerLtvModel) -> None:
+    np.testing.assert_allclose(np.array(warm.bgnbd_params_), np.array(cold.bgnbd_params_), rtol=2e-5)
+    np.testing.assert_allclose(np.array(warm.gg_params_), np.array(cold.gg_params_), rtol=2e-5)
+    for name in BgNbdParams._fields:
+        assert warm.bgnbd_standard_errors_[name] == pytest.approx(cold.bgnbd_standard_errors_[name], rel=1e-3)
+    for name in GammaGammaParams._fields:
+        assert warm.gg_standard_errors_[name] == pytest.approx(cold.gg_standard_errors_[name], rel=1e-3)
+    assert warm.log_likelihood_ == pytest.approx(cold.log_likelihood_, abs=1e-6)
+    assert warm.gg_log_likelihood_ == pytest.approx(cold.gg_log_likelihood_, abs=1e-6)
+
+
+def test_warm_started_fit_equals_cold_fit(monkeypatch, warm_features):
+    from training import ltv
+
+    _small_warm_start(monkeypatch, min_rows=10**9)
+    cold = CustomerLtvModel().fit(warm_features)
+    assert not any(a.warm_start for a in cold.fit_attempts_)
+
+    _small_warm_start(monkeypatch)
+    assert cold.n_patterns_ >= ltv.WARM_START_MIN_ROWS and cold.n_gg_patterns_ >= ltv.WARM_START_MIN_ROWS
+    bg_calls = _count_likelihood_calls(monkeypatch, "BetaGeoFitter")
+    gg_calls = _count_likelihood_calls(monkeypatch, "GammaGammaFitter")
+    warm = CustomerLtvModel().fit(warm_features)
+    assert [(a.model, a.penalizer, a.converged, a.warm_start) for a in warm.fit_attempts_] == [
+        ("bgnbd", 0.0, True, True),
+        ("gamma_gamma", 0.0, True, True),
+    ]
+    _assert_same_fit(warm, cold)
+    # The point of it: a handful of evaluations on all rows (+1 for the Hessian) instead of ~30.
+    assert 2 <= bg_calls.count(cold.n_patterns_) <= 10
+    assert 2 <= gg_calls.count(cold.n_gg_patterns_) <= 10
+    # Reproducible: the sample is drawn with a fixed seed.
+    assert CustomerLtvModel().fit(warm_features).bgnbd_params_ == warm.bgnbd_params_
+
+
+def test_a_bad_warm_start_still_converges(monkeypatch, warm_features):
+    from training import ltv
+
+    _small_warm_start(monkeypatch, min_rows=10**9)
+    cold = CustomerLtvModel().fit(warm_features)
+    _small_warm_start(monkeypatch)
+    far = {
+        "bgnbd": {"r": 20.0, "alpha": 0.01, "a": 0.02, "b": 40.0},
+        "gamma_gamma": {"p": 0.05, "q": 50.0, "v": 0.001},
+    }
+
+    def far_start(fit_sample, penalizer):
+        out = fit_sample(penalizer)  # which sub-model: by its parameter names
+        model = "bgnbd" if "r" in out.params else "gamma_gamma"
+        # A singular "Hessian" too: BFGS then starts from the identity.
+        return ltv._FitterOutput(far[model], {k: 1.0 for k in far[model]}, np.zeros((len(far[model]),) * 2))
+
+    monkeypatch.setattr(ltv, "_sample_start", far_start)
+    model = CustomerLtvModel().fit(warm_features)
+    for name in ("bgnbd", "gamma_gamma"):
+        tries = [a for a in model.fit_attempts_ if a.model == name]
+        # Either the warm-started fit found the optimum anyway, or the rung was retried cold.
+        assert tries[0].warm_start and tries[-1].converged
+        if not tries[0].converged:
+            assert not tries[1].warm_start and tries[1].penalizer == tries[0].penalizer
+    _assert_same_fit(model, cold)
+
+
+def test_a_failing_warm_start_falls_back_to_a_cold_fit(monkeypatch, warm_features):
+    from lifetimes import BetaGeoFitter
+    from lifetimes.utils import ConvergenceError
+
+    _small_warm_start(monkeypatch, min_rows=10**9)
+    cold = CustomerLtvModel().fit(warm_features)
+    _small_warm_start(monkeypatch)
+    original = BetaGeoFitter.fit
+
+    def fit(self, *args, initial_params=None, **kwargs):
+        if initial_params is not None:
+            raise ConvergenceError("The model did not converge.")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(BetaGeoFitter, "fit", fit)
+    model = CustomerLtvModel().fit(warm_features)
+    assert [(a.model, a.penalizer, a.converged, a.warm_start) for a in model.fit_attempts_] == [
+        ("bgnbd", 0.0, False, True),
+        ("bgnbd", 0.0, True, False),
+        ("gamma_gamma", 0.0, True, True),
+    ]
+    assert "did not converge" in model.fit_attempts_[0].reason
+    _assert_same_fit(model, cold)
+
+
+def test_warm_start_sample_and_start_selection(monkeypatch):
+    from training import ltv
+
+    _small_warm_start(monkeypatch, min_rows=100, sample=1_000)
+    assert ltv._warm_start_sample(np.ones(99, dtype=np.int64)) is None
+    counts = np.arange(1, 2_001)  # 2,001,000 customers
+    keep, thinned = ltv._warm_start_sample(counts)
+    assert (thinned > 0).all() and (thinned <= counts[keep]).all()
+    assert 800 < thinned.sum() < 1_200
+    again_keep, again_thinned = ltv._warm_start_sample(counts)
+    np.testing.assert_array_equal(keep, again_keep)
+    np.testing.assert_array_equal(thinned, again_thinned)
+
+    def failing(penalizer):
+        raise ltv._FitterFailed("optimizer did not converge")
+
+    assert ltv._sample_start(failing, 0.0) is None
+    nan_start = ltv._FitterOutput({"p": math.nan, "q": 2.0, "v": 1.0}, {})
+    assert ltv._sample_start(lambda penalizer: nan_start, 0.0) is None
+    fine = ltv._FitterOutput({"p": 6.0, "q": 3.0, "v": 15.0}, {})
+    assert ltv._sample_start(lambda penalizer: fine, 0.0) is fine
+
+
 # ---- convergence handling --------------------------------------------------------------
 
 
