@@ -297,7 +297,6 @@ def _in_process_engine(root: Path) -> Any:
         del os.environ[key]
     os.environ["CRMSCORE_PROJECT_DIR"] = str(root)
     from serving.engine import build_engine
-    from serving.models import load_model_set  # noqa: F401 - imported for the side effect of warming imports
     from serving.settings import ServingSettings
     from training.config import TrainingSettings
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import ibis
 import ibis.expr.datatypes as dt
+import numpy as np
 import pyarrow as pa
 from ibis.backends import BaseBackend
 from ibis import _
@@ -269,23 +270,28 @@ def _duckdb_hash(value: str) -> dt.UInt64:
     """DuckDB's native 64-bit hash (Ibis' `hash()` adds a cast through BIT that costs more than the hash)."""
 
 
-def _key_hash(key: ibis.Value) -> ibis.Value:
+def _on_duckdb(value: ibis.Value) -> bool:
     try:
-        on_duckdb = ibis.get_backend(key).name == "duckdb"
+        return ibis.get_backend(value).name == "duckdb"
     except IbisError:  # unbound tables: stay portable
-        on_duckdb = False
-    return _duckdb_hash(key) if on_duckdb else key.hash()
+        return False
 
 
 def _has_duplicates(table: ibis.Table, key: str) -> bool:
-    """Cheap pre-check: equal counts of rows and of distinct 64-bit key hashes prove the
-    key is unique (a hash collision only costs the exact check below).
+    """Cheap pre-check: as many distinct 64-bit key hashes as keys proves the key unique
+    (a hash collision only costs the exact check that follows).
 
-    The distinct hashes are counted as SELECT DISTINCT in a subquery: on DuckDB an
-    ungrouped COUNT(DISTINCT ...) over ~30 M keys runs on one thread, a DISTINCT on all.
+    On the embedded DuckDB the hashes come back as one Arrow column (8 bytes a key, zero
+    copy) and are sorted by numpy: ~1 s for 30 M keys, where a DISTINCT over them costs
+    ~6 CPU s. Other backends count the distinct hashes where the data lives.
     """
     keys = table.filter(table[key].notnull())
-    hashes = keys.select(_key_hash=_key_hash(keys[key])).distinct()
+    if _on_duckdb(keys[key]):
+        column = keys.select(_key_hash=_duckdb_hash(keys[key])).to_pyarrow()["_key_hash"]
+        hashes = np.array(column.to_numpy(), copy=True)  # one writable array, whatever the chunks
+        hashes.sort()
+        return bool((hashes[1:] == hashes[:-1]).any())
+    hashes = keys.select(_key_hash=keys[key].hash()).distinct()
     # Two independent scans: a shared filtered subquery would be materialised first.
     counts = table.aggregate(n=table[key].count()).cross_join(hashes.aggregate(distinct=hashes.count()))
     row = counts.to_pyarrow().to_pylist()[0]

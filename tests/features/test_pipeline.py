@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 
+import ibis
 import pandas as pd
 import pytest
 
@@ -157,3 +159,26 @@ def test_feature_and_categorical_columns(profile):
     assert "rfm_segment" in categorical
     assert all(c in feature_columns(table) for c in categorical)
     assert "frequency" not in categorical
+
+
+def _as_of_literal_sql(as_of: datetime) -> str:
+    """The text the DuckDB compiler writes for the as_of literal (`features.timeutil.as_of_literal`)."""
+    sql = ibis.to_sql(ibis.literal(as_of, type="timestamp").name("as_of_literal"), dialect="duckdb")
+    match = re.search(r"SELECT\s+(MAKE_TIMESTAMP\(.*?\))\s+AS", sql, re.S)
+    assert match is not None, sql
+    return match.group(1)
+
+
+def test_compiled_sql_depends_on_as_of_only_through_its_literal(profile):
+    """The online scorer compiles the feature SQL once and binds as_of as a parameter, so every
+    as_of-dependent value must be derived inside the expression from the one as_of literal (never
+    `as_of - timedelta(...)` in Python): the SQL at two as_of values (distinct microseconds, days
+    and months) must be the same text once each as_of literal is replaced."""
+    texts = []
+    for as_of in (datetime(2024, 3, 1, 12, 30, 15, 123456), datetime(2024, 2, 20, 7, 5, 9, 654321)):
+        sql = ibis.to_sql(build_features(profile, as_of), dialect="duckdb")
+        literal = _as_of_literal_sql(as_of)
+        assert literal in sql
+        texts.append(sql.replace(literal, "<as_of>"))
+    assert "MAKE_TIMESTAMP" not in texts[0]  # no other instant (e.g. a window start computed in Python)
+    assert texts[0] == texts[1]

@@ -40,6 +40,8 @@ def project_env(root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRMSCORE_") and k != "MLFLOW_TRACKING_URI"}
     env.update(
         CRMSCORE_PROJECT_DIR=str(root),
+        # Explicit: another test's MLFLOW_TRACKING_URI or mlflow's process-global URI must not leak in.
+        CRMSCORE_TRACKING_URI=f"sqlite:///{root.as_posix()}/mlruns/mlflow.db",
         CRMSCORE_API_KEYS=API_KEY,
         CRMSCORE_ADMIN_KEYS=ADMIN_KEY,
         CRMSCORE_WEBHOOK_SECRET="whsec_dGVzdC1zZWNyZXQtZm9yLXdlYmhvb2tz",

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def engine(trained_project: TrainedProject) -> ScoringEngine:
-    return build_engine(trained_project.root / "scores", None, TrainingSettings(project_dir=trained_project.root), workers=2)
+    return build_engine(trained_project.root / "scores", None, TrainingSettings(project_dir=trained_project.root, tracking_uri=trained_project.env["CRMSCORE_TRACKING_URI"]), workers=2)
 
 
 @pytest.fixture(scope="module")
