@@ -45,6 +45,8 @@ bench: setup
 	$(VENV)/bin/python benchmarks/bench_features.py
 	$(VENV)/bin/python benchmarks/bench_rfm_vs_lifetimes.py
 	$(VENV)/bin/python benchmarks/bench_ltv_fit.py
+	$(VENV)/bin/python benchmarks/bench_batch.py
+	$(VENV)/bin/python benchmarks/bench_online.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .hypothesis

@@ -289,6 +289,8 @@ def _has_duplicates(table: ibis.Table, key: str) -> bool:
     if _on_duckdb(keys[key]):
         column = keys.select(_key_hash=_duckdb_hash(keys[key])).to_pyarrow()["_key_hash"]
         hashes = np.array(column.to_numpy(), copy=True)  # one writable array, whatever the chunks
+        del column
+        pa.default_memory_pool().release_unused()  # hand the Arrow buffers back before the feature build
         hashes.sort()
         return bool((hashes[1:] == hashes[:-1]).any())
     hashes = keys.select(_key_hash=keys[key].hash()).distinct()

@@ -53,6 +53,15 @@ class SnapshotView:
     meta: dict[str, Any]
     tag_columns: tuple[str, ...]
     features_path: Path | None = None
+    #: The snapshot's tag and segment columns indexed by customer_id (hysteresis state), in memory.
+    tags: pd.DataFrame | None = None
+
+    def previous_tags(self, customer_ids: list[str]) -> pd.DataFrame | None:
+        """Tag/segment rows of these customers (those present), as `evaluate_tags` expects them."""
+        if self.tags is None:
+            return None
+        positions = self.tags.index.get_indexer(customer_ids)
+        return self.tags.iloc[positions[positions >= 0]].reset_index()
 
     def rows(self, customer_ids: list[str], columns: list[str] | None = None, path: Path | None = None) -> pd.DataFrame:
         wanted = ", ".join(f'"{c}"' for c in columns) if columns else "*"
@@ -78,6 +87,7 @@ def load_snapshot_view(store: ScoreStore) -> SnapshotView | None:
     scores = pq.read_table(path, columns=[c for c in PERCENTILE_OF.values() if c in schema.names]).to_pandas()
     tag_columns = tuple(c for c in schema.names if c.startswith(("tag_", "segment_")))
     stored_features = features_path(store, run.run_id)
+    tags = pq.read_table(path, columns=[KEY, *tag_columns]).to_pandas().set_index(KEY) if tag_columns else None
     return SnapshotView(
         run,
         path,
@@ -85,6 +95,7 @@ def load_snapshot_view(store: ScoreStore) -> SnapshotView | None:
         read_meta(store, run.run_id),
         tag_columns,
         stored_features if stored_features.exists() else None,
+        tags,
     )
 
 
@@ -201,9 +212,7 @@ class ScoringEngine:
         )
 
     def _previous_tags(self, customer_ids: list[str]) -> pd.DataFrame | None:
-        if self.snapshot is None or not self.snapshot.tag_columns:
-            return None
-        return self.snapshot.rows(customer_ids, [KEY, *self.snapshot.tag_columns])
+        return self.snapshot.previous_tags(customer_ids) if self.snapshot is not None else None
 
     def score_inline(self, request: ScoreRequest) -> list[dict[str, Any]]:
         as_of = request.as_of if request.as_of is not None else default_as_of()

@@ -139,7 +139,9 @@ def engagement_features(
     # Number the configured types once; the many conditional aggregates compare small integers.
     code = ibis.cases(*[(ev.event_type == t, i) for i, t in enumerate(params.event_types)], else_=-1)
     ev = ev.select("customer_id", "occurred_at", _type=code.cast("int16"))
-    ev = ev.filter(ev._type >= 0)  # only the configured types count
+    # Only the configured types count. Filtered after the numbering, not inside `events_before`:
+    # a filter there would be merged into a new subquery instead of reusing the shared one.
+    ev = ev.filter(ev._type >= 0)
 
     # A hash aggregate over ~1 M customers costs about rows x aggregates, so the work is split
     # in two scans with conditional aggregates (never one query per type):
