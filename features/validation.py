@@ -217,8 +217,8 @@ def _typed(table: ibis.Table, spec: TableSpec, attribute_columns: list[str]) -> 
     """The clean table of a raw table without rejects: typed contract columns and attributes only.
 
     Built straight from the raw table, not by projecting the checked one: a backend may
-    keep work that feeds only unused check columns (DuckDB evaluates the semi-join behind
-    an unknown-customer check whenever the checked table is a materialised CTE).
+    keep work that feeds only unused check columns (DuckDB does not prune the semi-join
+    behind an unknown-customer check: a hash probe of every event, in every family's scan).
     """
     typed, _checks = _typed_and_checks(table, spec)
     return table.select(**typed, **{a: table[a] for a in attribute_columns})
@@ -281,9 +281,9 @@ def _has_duplicates(table: ibis.Table, key: str) -> bool:
     """Cheap pre-check: as many distinct 64-bit key hashes as keys proves the key unique
     (a hash collision only costs the exact check that follows).
 
-    On the embedded DuckDB the hashes come back as one Arrow column (8 bytes a key, zero
-    copy) and are sorted by numpy: ~1 s for 30 M keys, where a DISTINCT over them costs
-    ~6 CPU s. Other backends count the distinct hashes where the data lives.
+    On the embedded DuckDB the hashes come back as one Arrow column (8 bytes a key) and
+    are sorted by numpy: ~1 s for 30 M keys, where a DISTINCT over them costs ~6 CPU s.
+    Other backends count the distinct hashes where the data lives.
     """
     keys = table.filter(table[key].notnull())
     if _on_duckdb(keys[key]):

@@ -35,6 +35,10 @@ from serving.store import RunRecord, ScoreStore
 from serving.tags import TagRules, load_tag_rules
 
 
+#: Joins a request's private prefix to its ids inside a micro-batch (not a valid id character in practice).
+_NAMESPACE_SEPARATOR = "\x1f"
+
+
 class InputError(CrmScoringError):
     """Request content the models cannot use; `problems` are (field path, message) pairs."""
 
@@ -152,7 +156,9 @@ class ScoringEngine:
     # Inline profiles
     # ----------------------------------------------------------------------------------
 
-    def _tables(self, customers: list[CustomerIn]) -> tuple[pa.Table, pa.Table, pa.Table]:
+    def _tables(self, customers: list[CustomerIn], namespace: str = "") -> tuple[pa.Table, pa.Table, pa.Table]:
+        """Arrow tables of one request's customers; `namespace` prefixes customer and order ids
+        so several requests can share one feature query without their ids colliding."""
         problems: list[tuple[tuple[str | int, ...], str]] = []
         seen: dict[str, int] = {}
         order_ids: dict[str, tuple[int, int]] = {}
@@ -167,7 +173,7 @@ class ScoringEngine:
                 problems.append((("body", "customers", i, "customer_id"), f"duplicate customer_id (also customers[{seen[cid]}])"))
                 continue
             seen[cid] = i
-            customer_cols["customer_id"].append(cid)
+            customer_cols["customer_id"].append(namespace + cid)
             customer_cols["created_at"].append(customer.created_at)
             values: dict[str, Any] = {}
             for key, raw in customer.attributes.items():
@@ -189,15 +195,15 @@ class ScoringEngine:
                     problems.append((("body", "customers", i, "orders", j, "order_id"), "duplicate order_id"))
                     continue
                 order_ids[order.order_id] = (i, j)
-                order_cols["order_id"].append(order.order_id)
-                order_cols["customer_id"].append(cid)
+                order_cols["order_id"].append(namespace + order.order_id)
+                order_cols["customer_id"].append(namespace + cid)
                 order_cols["ordered_at"].append(order.ordered_at)
                 order_cols["amount"].append(order.amount)
                 order_cols["status"].append(order.status)
                 order_cols["category"].append(order.category)
                 order_cols["currency"].append(order.currency)
             for event in customer.events:
-                event_cols["customer_id"].append(cid)
+                event_cols["customer_id"].append(namespace + cid)
                 event_cols["occurred_at"].append(event.occurred_at)
                 event_cols["event_type"].append(event.event_type)
                 event_cols["event_id"].append(event.event_id)
@@ -215,24 +221,63 @@ class ScoringEngine:
         return self.snapshot.previous_tags(customer_ids) if self.snapshot is not None else None
 
     def score_inline(self, request: ScoreRequest) -> list[dict[str, Any]]:
-        as_of = request.as_of if request.as_of is not None else default_as_of()
-        customers, orders, events = self._tables(request.customers)
+        """The output contract for each customer of one request (in request order)."""
+        (outcome,) = self.score_inline_many([request])
+        if isinstance(outcome, InputError):
+            raise outcome
+        return outcome
+
+    def score_inline_many(self, requests: list[ScoreRequest]) -> list[list[dict[str, Any]] | InputError]:
+        """Several requests with one feature query per distinct as_of (micro-batching).
+
+        Each request's ids get a private prefix inside the query, so two requests may carry
+        the same customer; a request with invalid content gets its own `InputError` and
+        does not affect the others. Results equal scoring each request alone.
+        """
+        outcomes: list[list[dict[str, Any]] | InputError | None] = [None] * len(requests)
+        groups: dict[datetime, list[tuple[int, str, tuple[pa.Table, pa.Table, pa.Table]]]] = {}
+        for k, request in enumerate(requests):
+            as_of = request.as_of if request.as_of is not None else default_as_of()
+            namespace = f"{k}{_NAMESPACE_SEPARATOR}" if len(requests) > 1 else ""
+            try:
+                tables = self._tables(request.customers, namespace)
+            except InputError as exc:
+                outcomes[k] = exc
+                continue
+            groups.setdefault(as_of, []).append((k, namespace, tables))
+        for as_of, members in groups.items():
+            merged = [pa.concat_tables([tables[i] for _, _, tables in members]) for i in range(3)]
+            results = self._score_tables(*merged, as_of)
+            for k, namespace, _ in members:
+                outcomes[k] = [
+                    results.get(namespace + c.customer_id) or not_eligible_result(c.customer_id, self.models, as_of)
+                    for c in requests[k].customers
+                ]
+        return [o if o is not None else [] for o in outcomes]
+
+    def _score_tables(self, customers: pa.Table, orders: pa.Table, events: pa.Table, as_of: datetime) -> dict[str, dict[str, Any]]:
+        """Output-contract objects keyed by the (possibly prefixed) customer id."""
         features = self.builder.features(customers, orders, events, as_of)
-        by_id: dict[str, dict[str, Any]] = {}
-        if len(features):
-            ids = features[KEY].astype(str).tolist()
-            scores = score_features(
-                features,
-                self.models,
-                self.rules,
-                reference=self.snapshot.reference if self.snapshot else None,
-                previous_tags=self._previous_tags(ids),
-            )
-            for row in scores.to_dict(orient="records"):
-                by_id[str(row[KEY])] = render_result(row, self.models, self.rules, as_of)
-        return [
-            by_id.get(c.customer_id) or not_eligible_result(c.customer_id, self.models, as_of) for c in request.customers
-        ]
+        if not len(features):
+            return {}
+        keys = features[KEY].astype(str).tolist()
+        originals = [key.split(_NAMESPACE_SEPARATOR, 1)[-1] for key in keys]
+        previous = self._previous_tags(sorted(set(originals)))
+        if previous is not None:
+            mapping = pd.DataFrame({KEY: keys, "_original": originals})
+            previous = mapping.merge(previous.rename(columns={KEY: "_original"}), on="_original").drop(columns="_original")
+        scores = score_features(
+            features,
+            self.models,
+            self.rules,
+            reference=self.snapshot.reference if self.snapshot else None,
+            previous_tags=previous,
+        )
+        by_key: dict[str, dict[str, Any]] = {}
+        for key, original, row in zip(keys, originals, scores.to_dict(orient="records"), strict=True):
+            row[KEY] = original
+            by_key[key] = render_result(row, self.models, self.rules, as_of)
+        return by_key
 
     # ----------------------------------------------------------------------------------
     # Snapshot lookups

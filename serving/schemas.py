@@ -25,7 +25,8 @@ MAX_EVENTS_PER_CUSTOMER = 50_000
 MAX_ATTRIBUTES = 200
 MAX_CUSTOMER_IDS = 10_000
 
-Identifier = Annotated[str, Field(min_length=1, max_length=256)]
+# No control characters: ids travel in headers, CSV exports and (prefixed) inside batched queries.
+Identifier = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
 ShortText = Annotated[str, Field(min_length=1, max_length=256)]
 AttributeValue = str | bool | int | float | None
 

@@ -75,6 +75,56 @@ class KeyChecker:
         return token is not None and self._matches(token, self._admin)
 
 
+class MicroBatcher:
+    """Adaptive batching of `/v1/score` requests into one feature query.
+
+    DuckDB's cost per query is mostly fixed (planning the feature SQL), so while one batch
+    is being scored the requests that arrive queue up and go together in the next one.
+    No fixed delay: a lone request is scored at once. `lanes` batches run in parallel.
+    """
+
+    def __init__(self, score_many: Any, max_customers: int, lanes: int = 2) -> None:
+        self.score_many = score_many
+        self.max_customers = max_customers
+        self.lanes = lanes
+        self._queue: asyncio.Queue[tuple[ScoreRequest, asyncio.Future[Any]]] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def submit(self, request: ScoreRequest) -> Any:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        self._tasks = [t for t in self._tasks if not t.done()]
+        while len(self._tasks) < self.lanes:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._lane()))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self._queue.put((request, future))
+        return await future
+
+    async def _lane(self) -> None:
+        assert self._queue is not None
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            customers = len(first[0].customers)
+            while not self._queue.empty() and customers < self.max_customers:
+                item = self._queue.get_nowait()
+                batch.append(item)
+                customers += len(item[0].customers)
+            live = [(r, f) for r, f in batch if not f.done()]  # timed-out callers are gone
+            if not live:
+                continue
+            try:
+                outcomes = await anyio.to_thread.run_sync(self.score_many, [r for r, _ in live])
+            except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the error
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), outcome in zip(live, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
+
+
 def _problem(status: int, message: str, **extra: Any) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
@@ -129,6 +179,8 @@ class CrmScoring:
         self._in_flight = 0
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()
+        # Batches go to whichever engine is current (a reload swaps it between batches).
+        self._batcher = MicroBatcher(lambda requests: self.engine.score_inline_many(requests), self.settings.max_customers_per_request)
         try:
             self._load()
         except Exception:  # noqa: BLE001 - stay up and say why on /readyz and every call
@@ -160,12 +212,16 @@ class CrmScoring:
 
     async def _run(self, function: Any, *args: Any) -> Any:
         """Run scoring in a worker thread with the in-flight limit and the time limit."""
+        return await self._limited(lambda: anyio.to_thread.run_sync(function, *args))
+
+    async def _limited(self, work: Any) -> Any:
+        """Await `work()` under the in-flight limit (429 above it) and the time limit (503)."""
         with self._lock:
             if self._in_flight >= self.settings.max_concurrent_requests:
                 return _problem(429, "too many requests in flight; retry shortly", retry_after_seconds=1)
             self._in_flight += 1
         try:
-            return await asyncio.wait_for(anyio.to_thread.run_sync(function, *args), self.settings.request_timeout_seconds)
+            return await asyncio.wait_for(work(), self.settings.request_timeout_seconds)
         except TimeoutError:
             return _problem(503, f"scoring took longer than {self.settings.request_timeout_seconds:g} s")
         finally:
@@ -190,12 +246,10 @@ class CrmScoring:
                 f"{len(body.customers):,} customers in one request; the limit is {limit:,}",
                 detail=[{"loc": ["body", "customers"], "msg": f"at most {limit} customers per request"}],
             )
-        engine = self.engine
         started = time.perf_counter()
-        try:
-            results = await self._run(engine.score_inline, body)
-        except InputError as exc:
-            detail = [{"loc": list(loc), "msg": msg, "type": "value_error"} for loc, msg in exc.problems]
+        results = await self._limited(lambda: self._batcher.submit(body))
+        if isinstance(results, InputError):
+            detail = [{"loc": list(loc), "msg": msg, "type": "value_error"} for loc, msg in results.problems]
             return JSONResponse({"error": "invalid request", "detail": detail}, status_code=422)
         if isinstance(results, JSONResponse):
             return results

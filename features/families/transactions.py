@@ -88,10 +88,9 @@ def transaction_features(
     # 1. Windows, the trends' previous windows, recency and the gaps between consecutive distinct
     # purchase days (the positive day gaps; the first purchase has none): one pass with
     # conditional aggregates, written as COUNT(CASE ... THEN 1 END) and SUM(CASE ...): on DuckDB
-    # several times cheaper
-    # than COUNT/SUM ... FILTER (...) (and the counts cheaper than SUM(CASE ... ELSE 0) with its
-    # 128-bit states); no COUNT(DISTINCT) here, which would push the whole aggregate onto a
-    # slower path.
+    # several times cheaper than COUNT/SUM ... FILTER (...) (and the counts cheaper than
+    # SUM(CASE ... ELSE 0) with its 128-bit states); no COUNT(DISTINCT) here, which would push
+    # the whole aggregate onto a slower path.
     window_aggs: dict[str, ibis.Value] = {}
     for w in params.windows_days:
         start = days_before(as_of, w)

@@ -93,3 +93,19 @@ def test_irrelevant_changes_keep_the_online_score(engine: ScoringEngine, snapsho
     requests = [ScoreRequest.model_validate({"as_of": f"{AS_OF}T00:00:00Z", "customers": [c]}) for c in (base, changed)]
     first, second = (engine.score_inline(r)[0] for r in requests)
     assert first["predictions"]["churn"]["probability"] == pytest.approx(second["predictions"]["churn"]["probability"], abs=1e-12)
+
+
+def test_micro_batched_requests_equal_separate_ones(engine: ScoringEngine, snapshot: pd.DataFrame, trained_project: TrainedProject) -> None:
+    from serving.engine import InputError
+
+    ids = _sample_ids(snapshot, 3)
+    customers = inline_customers(trained_project.profile, ids)
+    first = {"as_of": f"{AS_OF}T00:00:00Z", "customers": customers[:4]}
+    second = {"as_of": f"{AS_OF}T00:00:00Z", "customers": customers[2:]}  # shares customers with the first
+    other_day = {"as_of": "2025-05-01T00:00:00Z", "customers": customers[:2]}
+    broken = {"as_of": f"{AS_OF}T00:00:00Z", "customers": [customers[0], customers[0]]}  # duplicate id
+    requests = [ScoreRequest.model_validate(b) for b in (first, second, other_day, broken)]
+    batched = engine.score_inline_many(requests)
+    assert isinstance(batched[3], InputError)
+    for request, outcome in zip(requests[:3], batched[:3], strict=True):
+        assert outcome == engine.score_inline(request)
