@@ -140,14 +140,15 @@ def load_model_set(
     from training.registry import ModelNotFoundError, RegistryError, load_champion
 
     loaded: dict[str, ServedModel] = {}
-    missing: list[str] = []
+    missing: dict[str, list[str]] = {}  # reason -> model names (one store problem is said once)
     for name in names:
         try:
             loaded[name] = served_model(load_champion(name, settings), threads)
         except ModelNotFoundError as exc:
-            missing.append(f"{name} ({exc})")
+            missing.setdefault(str(exc).replace(name, "<model>"), []).append(name)
         except RegistryError as exc:
             raise ModelLoadError(str(exc)) from exc
     if not loaded:
-        raise ModelLoadError("no champion model to serve: " + "; ".join(missing))
+        reasons = "; ".join(f"{', '.join(models)}: {reason}" for reason, models in missing.items())
+        raise ModelLoadError("no champion model to serve (" + reasons + ")")
     return ModelSet(loaded)
