@@ -303,6 +303,9 @@ class PropensityModel(ClassifierMixin, BaseEstimator):
                 columns[name] = pd.Categorical(values.where(values.isin(known)), categories=known)
             elif _is_boolean(column):
                 columns[name] = column.astype("float64").to_numpy()
+            elif pd.api.types.is_numeric_dtype(column.dtype):
+                # Already numbers: no parsing to do (this path keeps one-row scoring fast).
+                columns[name] = column.to_numpy(dtype="float64", na_value=np.nan)
             else:
                 numeric = pd.to_numeric(column, errors="coerce")
                 if (numeric.isna() & column.notna()).any():
