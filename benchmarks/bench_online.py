@@ -171,24 +171,6 @@ def prepare(root: Path, customers: int, as_of: str) -> Path:
     return profile
 
 
-def _iso(value: Any) -> str:
-    import pandas as pd
-
-    return pd.Timestamp(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _plain(value: Any) -> Any:
-    import math
-
-    import pandas as pd
-
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, pd.Timestamp):
-        return _iso(value)
-    return value.item() if hasattr(value, "item") else value
-
-
 def build_customer(profile: Path, as_of: str) -> dict[str, Any]:
     """A real buyer with >= 20 orders and >= 50 events before as_of, trimmed to the latest 20 and 50.
 
@@ -198,7 +180,6 @@ def build_customer(profile: Path, as_of: str) -> dict[str, Any]:
     import pandas as pd
 
     cut = pd.Timestamp(as_of)
-    customers = pd.read_parquet(profile / "customers.parquet")
     orders = pd.read_parquet(profile / "orders.parquet")
     events = pd.read_parquet(profile / "events.parquet")
     orders = orders[orders.ordered_at < cut]
@@ -208,24 +189,13 @@ def build_customer(profile: Path, as_of: str) -> dict[str, Any]:
     if fit.empty:
         raise SystemExit(f"no customer with >= {ORDERS} orders and >= {EVENTS} events before {as_of}: use more --customers")
     cid = fit.sort_values(["o", "e", "customer_id"]).iloc[0].customer_id
-    row = customers[customers.customer_id == cid].iloc[0].to_dict()
-    mine_orders = orders[orders.customer_id == cid].sort_values(["ordered_at", "order_id"]).tail(ORDERS)
-    mine_events = events[events.customer_id == cid].sort_values(["occurred_at", "event_id"]).tail(EVENTS)
-    customer: dict[str, Any] = {
-        "customer_id": cid,
-        "created_at": _iso(row["created_at"]),
-        "attributes": {k: _plain(v) for k, v in row.items() if k not in ("customer_id", "created_at")},
-        "orders": [],
-        "events": [],
-    }
-    for o in mine_orders.to_dict(orient="records"):
-        order = {"order_id": o["order_id"], "ordered_at": _iso(o["ordered_at"]), "amount": float(o["amount"])}
-        order.update({k: _plain(o[k]) for k in ("status", "category", "currency") if _plain(o[k]) is not None})
-        customer["orders"].append(order)
-    for e in mine_events.to_dict(orient="records"):
-        event = {"occurred_at": _iso(e["occurred_at"]), "event_type": e["event_type"]}
-        event.update({k: _plain(e[k]) for k in ("event_id", "channel") if _plain(e[k]) is not None})
-        customer["events"].append(event)
+    from serving.inline import iso_utc, inline_customers
+
+    customer = inline_customers(profile, [cid])[0]
+    before = iso_utc(cut)
+    # ISO-8601 UTC strings of one format sort in time order.
+    customer["orders"] = sorted((o for o in customer["orders"] if o["ordered_at"] < before), key=lambda o: (o["ordered_at"], o["order_id"]))[-ORDERS:]
+    customer["events"] = sorted((e for e in customer["events"] if e["occurred_at"] < before), key=lambda e: (e["occurred_at"], e.get("event_id", "")))[-EVENTS:]
     assert len(customer["orders"]) == ORDERS and len(customer["events"]) == EVENTS
     return customer
 

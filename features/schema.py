@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import pyarrow as pa
+
 ColumnKind = Literal["string", "timestamp", "number"]
 
 
@@ -111,3 +113,16 @@ DEFAULT_PII_COLUMNS: tuple[str, ...] = (
     "birth_date",
     "date_of_birth",
 )
+
+
+#: Arrow type of each column kind in validated (clean) profile tables.
+ARROW_TYPE_OF_KIND: dict[ColumnKind, pa.DataType] = {
+    "string": pa.string(),
+    "timestamp": pa.timestamp("us"),
+    "number": pa.float64(),
+}
+
+
+def arrow_schema(spec: TableSpec) -> pa.Schema:
+    """The Arrow schema of a validated table's contract columns (attributes not included)."""
+    return pa.schema([(c.name, ARROW_TYPE_OF_KIND[c.kind]) for c in spec.columns])

@@ -37,6 +37,7 @@ from features.errors import CrmScoringError
 from features.families.attributes import ATTRIBUTE_PREFIX
 from features.pipeline import FeatureParams, build_features
 from features.profile import Profile
+from features.schema import CUSTOMERS, EVENTS, ORDERS, arrow_schema
 
 #: Table names of the template profile (temporary tables, one set per worker connection).
 TABLE_NAMES = {"customers": "crm_online_customers", "orders": "crm_online_orders", "events": "crm_online_events"}
@@ -57,27 +58,9 @@ _ARROW_OF_SIGNATURE = {
     "datetime": pa.timestamp("us"),
 }
 
-CUSTOMER_SCHEMA = pa.schema([("customer_id", pa.string()), ("created_at", pa.timestamp("us"))])
-ORDER_SCHEMA = pa.schema(
-    [
-        ("order_id", pa.string()),
-        ("customer_id", pa.string()),
-        ("ordered_at", pa.timestamp("us")),
-        ("amount", pa.float64()),
-        ("status", pa.string()),
-        ("category", pa.string()),
-        ("currency", pa.string()),
-    ]
-)
-EVENT_SCHEMA = pa.schema(
-    [
-        ("customer_id", pa.string()),
-        ("occurred_at", pa.timestamp("us")),
-        ("event_type", pa.string()),
-        ("event_id", pa.string()),
-        ("channel", pa.string()),
-    ]
-)
+CUSTOMER_SCHEMA = arrow_schema(CUSTOMERS)
+ORDER_SCHEMA = arrow_schema(ORDERS)
+EVENT_SCHEMA = arrow_schema(EVENTS)
 
 
 class OnlineFeatureError(CrmScoringError):

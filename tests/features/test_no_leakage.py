@@ -30,6 +30,7 @@ from features.backend import connect
 from features.families.engagement import EngagementParams
 from features.pipeline import KEY, FeatureParams, build_features
 from features.profile import Profile
+from features.schema import EVENTS, ORDERS, arrow_schema
 
 US_PER_DAY = 86_400_000_000
 AS_OF_INSTANTS = (
@@ -42,26 +43,8 @@ AS_OF_INSTANTS = (
 CUSTOMERS_SCHEMA = pa.schema(
     [("customer_id", pa.string()), ("created_at", pa.timestamp("us")), ("industry", pa.string()), ("employees", pa.float64())]
 )
-ORDERS_SCHEMA = pa.schema(
-    [
-        ("order_id", pa.string()),
-        ("customer_id", pa.string()),
-        ("ordered_at", pa.timestamp("us")),
-        ("amount", pa.float64()),
-        ("status", pa.string()),
-        ("category", pa.string()),
-        ("currency", pa.string()),
-    ]
-)
-EVENTS_SCHEMA = pa.schema(
-    [
-        ("customer_id", pa.string()),
-        ("occurred_at", pa.timestamp("us")),
-        ("event_type", pa.string()),
-        ("event_id", pa.string()),
-        ("channel", pa.string()),
-    ]
-)
+ORDERS_SCHEMA = arrow_schema(ORDERS)
+EVENTS_SCHEMA = arrow_schema(EVENTS)
 TABLES = {"customers": CUSTOMERS_SCHEMA, "orders": ORDERS_SCHEMA, "events": EVENTS_SCHEMA}
 
 # Offsets from as_of in microseconds: the boundaries themselves, then anything in a ~13-month span.

@@ -10,7 +10,7 @@ from serving.engine import ScoringEngine, build_engine
 from serving.schemas import ScoreRequest
 from serving.store import ScoreStore
 from tests.serving.conftest import AS_OF, TrainedProject
-from tests.serving.inline import inline_customers
+from serving.inline import inline_customers
 from training.config import TrainingSettings
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.serving.conftest import ADMIN_KEY, API_KEY, AS_OF, TrainedProject
-from tests.serving.inline import inline_customers
+from serving.inline import inline_customers
 
 pytestmark = pytest.mark.slow
 

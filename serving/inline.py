@@ -1,4 +1,8 @@
-"""Turn rows of a profile folder into `POST /v1/score` request bodies (for parity tests)."""
+"""Turn rows of a profile folder into `POST /v1/score` request bodies.
+
+Used by the parity tests and the online benchmark, and handy for trying the API on a
+profile store: the request carries exactly what the batch read for those customers.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +15,15 @@ import pandas as pd
 PROFILE_KEYS = {"customer_id", "created_at"}
 
 
-def _iso(value: Any) -> str:
+def iso_utc(value: Any) -> str:
     return pd.Timestamp(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _plain(value: Any) -> Any:
+def json_value(value: Any) -> Any:
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, pd.Timestamp):
-        return _iso(value)
+        return iso_utc(value)
     return value.item() if hasattr(value, "item") else value
 
 
@@ -36,8 +40,8 @@ def inline_customers(profile: Path, customer_ids: list[str]) -> list[dict[str, A
         cid = row["customer_id"]
         customer: dict[str, Any] = {
             "customer_id": cid,
-            "created_at": _iso(row["created_at"]),
-            "attributes": {k: _plain(v) for k, v in row.items() if k not in PROFILE_KEYS},
+            "created_at": iso_utc(row["created_at"]),
+            "attributes": {k: json_value(v) for k, v in row.items() if k not in PROFILE_KEYS},
             "orders": [],
             "events": [],
         }
@@ -45,15 +49,15 @@ def inline_customers(profile: Path, customer_ids: list[str]) -> list[dict[str, A
             for o in order_groups[cid].to_dict(orient="records"):
                 order = {
                     "order_id": o["order_id"],
-                    "ordered_at": _iso(o["ordered_at"]),
+                    "ordered_at": iso_utc(o["ordered_at"]),
                     "amount": float(o["amount"]),
                 }
-                order.update({k: _plain(o[k]) for k in ("status", "category", "currency") if k in o and _plain(o[k]) is not None})
+                order.update({k: json_value(o[k]) for k in ("status", "category", "currency") if k in o and json_value(o[k]) is not None})
                 customer["orders"].append(order)
         if cid in event_groups:
             for e in event_groups[cid].to_dict(orient="records"):
-                event = {"occurred_at": _iso(e["occurred_at"]), "event_type": e["event_type"]}
-                event.update({k: _plain(e[k]) for k in ("event_id", "channel") if k in e and _plain(e[k]) is not None})
+                event = {"occurred_at": iso_utc(e["occurred_at"]), "event_type": e["event_type"]}
+                event.update({k: json_value(e[k]) for k in ("event_id", "channel") if k in e and json_value(e[k]) is not None})
                 customer["events"].append(event)
         body.append(customer)
     return body
