@@ -25,14 +25,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).with_name("crm-scoring"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_features import _generate  # noqa: E402
+from bench_features import _generate, run_cli_measured  # noqa: E402
 
 
 def _env(project: Path, store: Path) -> dict[str, str]:
@@ -55,25 +54,9 @@ def _ensure_models(project: Path) -> None:
 
 
 def _score(project: Path, store: Path, profile: Path, as_of: str) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (GB) and the CLI's last lines for one `score` process."""
-    script = (
-        "import resource, sys\n"
-        "sys.argv = ['crm-scoring', 'score', '--profile', sys.argv[1], '--as-of', sys.argv[2]]\n"
-        "from serving.cli import app\n"
-        "try:\n    app()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
-        "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
-        "sys.exit(code)\n"
-    )
-    start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(profile), as_of], cwd=project, env=_env(project, store), capture_output=True, text=True
-    )
-    wall = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"score failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    peak_kb = next(int(line.split()[1]) for line in result.stderr.splitlines() if line.startswith("PEAK_KB"))
-    summary = " ".join(result.stdout.split())
-    return wall, peak_kb / 1024**2, summary
+    """Wall seconds, peak RSS (GB) and the CLI's output for one `score` process."""
+    run = run_cli_measured(["score", "--profile", str(profile), "--as-of", as_of], cwd=project, env=_env(project, store))
+    return run.wall_s, run.peak_gb, " ".join(run.stdout.split())
 
 
 def main() -> None:

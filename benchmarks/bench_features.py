@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,11 +49,19 @@ def _generate(profile_dir: Path, customers: int, seed: int) -> dict[str, int]:
     return rows
 
 
-def _run_build(profile_dir: Path, out_file: Path, as_of: str) -> tuple[float, float, float]:
-    """Wall seconds, CPU seconds (user + system, all threads) and peak RSS (GB) of one `features build` process."""
+@dataclass(frozen=True)
+class CliRun:
+    wall_s: float
+    cpu_s: float  # user + system, all threads
+    peak_gb: float
+    stdout: str
+
+
+def run_cli_measured(argv: list[str], cwd: Path = REPO, env: dict[str, str] | None = None) -> CliRun:
+    """Run `crm-scoring <argv>` in a fresh process; its wall time, CPU time and peak RSS alone."""
     script = (
-        "import resource, sys, runpy\n"
-        "sys.argv = ['crm-scoring', 'features', 'build', '--profile', sys.argv[1], '--as-of', sys.argv[2], '--out', sys.argv[3]]\n"
+        "import resource, sys\n"
+        "sys.argv = ['crm-scoring', *sys.argv[1:]]\n"
         "from serving.cli import app\n"
         "try:\n    app()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
         "usage = resource.getrusage(resource.RUSAGE_SELF)\n"
@@ -61,19 +70,20 @@ def _run_build(profile_dir: Path, out_file: Path, as_of: str) -> tuple[float, fl
         "sys.exit(code)\n"
     )
     start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(profile_dir), as_of, str(out_file)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    result = subprocess.run([sys.executable, "-c", script, *argv], cwd=cwd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if result.returncode != 0:
-        raise SystemExit(f"features build failed:\n{result.stderr}")
+        raise SystemExit(f"crm-scoring {' '.join(argv[:2])} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     lines = result.stderr.splitlines()
     peak_kb = next(int(line.split()[1]) for line in lines if line.startswith("PEAK_KB"))
     cpu = next(float(line.split()[1]) for line in lines if line.startswith("CPU_S"))
-    return wall, cpu, peak_kb / 1024**2
+    return CliRun(wall, cpu, peak_kb / 1024**2, result.stdout)
+
+
+def _run_build(profile_dir: Path, out_file: Path, as_of: str) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds and peak RSS (GB) of one `features build` process."""
+    run = run_cli_measured(["features", "build", "--profile", str(profile_dir), "--as-of", as_of, "--out", str(out_file)])
+    return run.wall_s, run.cpu_s, run.peak_gb
 
 
 def _load() -> str:

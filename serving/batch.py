@@ -125,8 +125,8 @@ def edges_from_meta(meta: dict[str, Any]) -> RfmScoreEdges | None:
     return RfmScoreEdges(**{k: tuple(float(v) for v in values) for k, values in edges.items()})
 
 
-def _tag_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c.startswith(("tag_", "segment_"))]
+def _tag_columns(names: list[str]) -> list[str]:
+    return [c for c in names if c.startswith(("tag_", "segment_"))]
 
 
 def score_profile(
@@ -170,8 +170,9 @@ def score_profile(
     progress("score with the champion models")
     previous_tags = None
     if previous is not None:
-        previous_snapshot = store.read_snapshot(previous.run_id)
-        previous_tags = previous_snapshot[[KEY, *_tag_columns(previous_snapshot)]]
+        # Only the tag state is needed: skip the score, reason and percentile columns.
+        names = pq.read_schema(store.snapshot_path(previous.run_id)).names
+        previous_tags = store.read_snapshot(previous.run_id, columns=[KEY, *_tag_columns(names)])
     # Reasons are computed on demand from the stored features (see serving.scoring.add_reasons).
     scores = score_features(features, models, rules, reference=None, previous_tags=previous_tags, reasons_top_k=0)
     lap("score")
@@ -179,7 +180,7 @@ def score_profile(
     progress("diff with the previous run")
     created_at = existing.created_at if existing else datetime.now(UTC).replace(tzinfo=None)
     events = diff_snapshots(
-        previous_tags, scores[[KEY, *_tag_columns(scores)]], run_id=run_id, as_of=as_of, created_at=created_at, emit_initial=emit_initial
+        previous_tags, scores[[KEY, *_tag_columns(list(scores.columns))]], run_id=run_id, as_of=as_of, created_at=created_at, emit_initial=emit_initial
     )
     lap("diff")
 

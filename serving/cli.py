@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from serving.cli_common import console, out
+from serving.cli_common import errors_as_exit as _errors_as_exit
+from serving.cli_common import fail as _fail
 
 app = typer.Typer(
     name="crm-scoring",
@@ -36,28 +39,10 @@ app.add_typer(models_app, name="models")
 from serving.cli_triggers import triggers_app  # noqa: E402 - typer/rich only; commands import lazily
 app.add_typer(triggers_app, name="triggers")
 
-console = Console(stderr=True)
-out = Console()
 
 T = TypeVar("T")
 
 ProfileOption = Annotated[Path, typer.Option("--profile", help="Profile store: folder of parquet/csv files or a DuckDB file.")]
-
-
-def _fail(message: str, code: int = 1) -> None:
-    # One line, no traceback: the reason is the message.
-    console.print(f"[bold red]error:[/] {' '.join(str(message).split())}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _errors_as_exit() -> Iterator[None]:
-    from features.errors import CrmScoringError
-
-    try:
-        yield
-    except (CrmScoringError, ValueError, FileNotFoundError, PermissionError) as exc:
-        _fail(str(exc))
 
 
 @contextmanager

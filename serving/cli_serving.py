@@ -14,11 +14,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=True)
-out = Console()
+from serving.cli_common import console, errors_as_exit, out
 
 
 def _serving_settings(store: Path | None = None, tags: Path | None = None):  # type: ignore[no-untyped-def]
@@ -37,9 +35,9 @@ def score(
     emit_initial: Annotated[bool, typer.Option("--emit-initial", help="On the first run, emit 'entered' events for every tag (default: baseline only).")] = False,
 ) -> None:
     """Score every profile with the champion models; write a snapshot and the tag/segment events."""
-    from serving.cli import _errors_as_exit, _load_validated, _mlflow_errors_as_exit, _quiet_mlflow, _run_step, _settings, _training_settings
+    from serving.cli import _load_validated, _mlflow_errors_as_exit, _quiet_mlflow, _run_step, _settings, _training_settings
 
-    with _errors_as_exit(), _mlflow_errors_as_exit():
+    with errors_as_exit(), _mlflow_errors_as_exit():
         from features.backend import connect
         from features.timeutil import to_utc_naive
         from serving.batch import score_profile
@@ -102,9 +100,7 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to bind (0.0.0.0 for all).")] = "127.0.0.1",
 ) -> None:
     """Serve the scoring API (BentoML) with the champion models and the latest batch snapshot."""
-    from serving.cli import _errors_as_exit
-
-    with _errors_as_exit():
+    with errors_as_exit():
         settings = _serving_settings()
         env = {**os.environ, **_ensure_local_keys(settings, Path(settings.project_dir).resolve())}
         bentoml = Path(sys.executable).with_name("bentoml")
@@ -118,9 +114,9 @@ def quickstart(
     data_dir: Annotated[Path, typer.Option("--data", help="Working folder of the demo data.")] = Path("data/demo"),
 ) -> None:
     """`make run`: train the demo models if no champion exists, batch-score if no snapshot exists, then serve."""
-    from serving.cli import _errors_as_exit, _quiet_mlflow, _training_settings, demo
+    from serving.cli import _quiet_mlflow, _training_settings, demo
 
-    with _errors_as_exit():
+    with errors_as_exit():
         from features.synthetic import DATA_END
         from serving.store import ScoreStore
         from training.registry import ModelNotFoundError, champions

@@ -16,23 +16,22 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, TextIO
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from serving.cli_common import console, out
+from serving.cli_common import errors_as_exit as _errors_as_exit
+from serving.cli_common import fail as _fail
 
 triggers_app = typer.Typer(
     help="Deliver tag/segment events to a webhook (Standard Webhooks signatures) or export them as files.",
     no_args_is_help=True,
 )
 
-console = Console(stderr=True)
-out = Console()
 
 StoreOption = Annotated[
     Path | None,
@@ -54,22 +53,6 @@ class EventStatus(str, Enum):
     pending = "pending"
     delivered = "delivered"
     dead = "dead"
-
-
-def _fail(message: str, code: int = 1) -> None:
-    # One line, no traceback: the reason is the message.
-    console.print(f"[bold red]error:[/] {' '.join(str(message).split())}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _errors_as_exit() -> Iterator[None]:
-    from features.errors import CrmScoringError
-
-    try:
-        yield
-    except (CrmScoringError, ValueError, OSError) as exc:
-        _fail(str(exc))
 
 
 def _open_store(store: Path | None):  # type: ignore[no-untyped-def]
