@@ -15,16 +15,20 @@ batch snapshot): `crm-scoring demo --customers 20000` then `crm-scoring score --
 killed at the end); build the request (a real buyer with >= 20 orders and >= 50 events
 before as_of, trimmed to the latest 20 and 50); check both servers answer it (and that
 mlflow's churn probability equals ours); then for every repeat, server and concurrency
-run the load generator (this script with `_client`: asyncio + httpx, one keep-alive
-connection per client, closed loop; latencies and throughput of the requests that
-complete inside the --duration window after --warmup; a non-200 anywhere, warm-up
-included, is an error) as a separate process. Finally, with the servers stopped, the
+run the load generator as a separate process: `wrk` when installed (`--client auto`;
+C, one thread, one keep-alive connection per client, closed loop, a warm-up run then
+the measured run), else this script's `_client` (asyncio + httpx, the same loop; the
+requests completing inside the --duration window after --warmup count). A non-2xx
+answer or a socket error anywhere, warm-up included, is an error. The Python client
+costs ~1 ms of CPU per request on the same two cores as the server and adds its own
+pauses to the tail, so its figures are the pessimistic ones. Finally, with the servers stopped, the
 request's phases are timed in this process (the pieces of `engine.score_inline`) and
 `score_inline` is timed with 1, 8 and 32 customers in one call (what request
 micro-batching would buy). The table shows medians over --repeats with the range of
 the 1-minute load average at the start of the measurements.
 
-    .venv/bin/python benchmarks/bench_online.py --repeats 2 --duration 15
+    .venv/bin/python benchmarks/bench_online.py --repeats 3 --duration 15          # wrk if installed
+    .venv/bin/python benchmarks/bench_online.py --repeats 3 --duration 15 --client httpx
 
 Exits 1 when any request failed (non-200 or transport error), 2 when set-up failed.
 """
@@ -271,7 +275,9 @@ def _in_process_engine(root: Path) -> Any:
     from training.config import TrainingSettings
 
     settings = ServingSettings()
-    return build_engine(settings.resolved_store_dir, settings.tags_file, TrainingSettings(), workers=settings.online_workers)
+    return build_engine(
+        settings.resolved_store_dir, settings.tags_file, TrainingSettings(), workers=settings.online_workers, parallelism=settings.online_parallelism
+    )
 
 
 def mlflow_body(engine: Any, score_body: dict[str, Any]) -> tuple[bytes, float]:
@@ -304,7 +310,10 @@ def mlflow_body(engine: Any, score_body: dict[str, Any]) -> tuple[bytes, float]:
 # --------------------------------------------------------------------------------------
 
 
-def run_client(url: str, body_file: Path, headers: list[str], clients: int, warmup: float, duration: float) -> dict[str, Any]:
+def run_client(url: str, body_file: Path, headers: list[str], clients: int, warmup: float, duration: float, tool: str) -> dict[str, Any]:
+    """One load-generator run; `tool` is "wrk" (C, see `_run_wrk`) or "httpx" (this script's `_client`)."""
+    if tool == "wrk":
+        return _run_wrk(url, body_file, headers, clients, warmup, duration)
     command = [sys.executable, __file__, "_client", "--url", url, "--body", str(body_file), "--clients", str(clients)]
     command += ["--warmup", str(warmup), "--duration", str(duration)]
     for header in headers:
@@ -335,19 +344,86 @@ def run_client(url: str, body_file: Path, headers: list[str], clients: int, warm
     }
 
 
+_WRK_SCRIPT = """wrk.method = "POST"
+local f = assert(io.open({body!r}, "rb"))
+wrk.body = f:read("*all")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+{headers}
+"""
+
+
+def _wrk_ms(text: str) -> float:
+    """A wrk duration ("812.00us", "42.53ms", "1.20s") in milliseconds."""
+    for suffix, scale in (("us", 1e-3), ("ms", 1.0), ("s", 1e3), ("m", 6e4)):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * scale
+    raise ValueError(f"unexpected wrk duration {text!r}")
+
+
+def _run_wrk(url: str, body_file: Path, headers: list[str], clients: int, warmup: float, duration: float) -> dict[str, Any]:
+    """wrk (Debian's package): one thread, `clients` keep-alive connections, closed loop, --latency.
+
+    A warm-up run first (wrk has no warm-up option), then the measured run. Errors are
+    non-2xx answers and socket errors of either run.
+    """
+    import re
+
+    lines = [f'wrk.headers[{k.strip()!r}] = {v.strip()!r}' for k, v in (h.split(":", 1) for h in headers)]
+    script = body_file.with_suffix(".lua")
+    script.write_text(_WRK_SCRIPT.format(body=str(body_file), headers="\n".join(lines)))
+
+    def wrk(seconds: float) -> tuple[str, float]:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result = subprocess.run(
+            ["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "60s", "-s", str(script), url],
+            capture_output=True, text=True, timeout=seconds + 300,
+        )
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if result.returncode != 0:
+            raise SystemExit(f"wrk failed: {result.stderr[-2000:]}")
+        return result.stdout, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+    def errors(out: str) -> int:
+        count = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+        socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        return count + (sum(int(n) for n in socket.groups()) if socket else 0)
+
+    warm, _ = wrk(warmup)
+    load = os.getloadavg()[0]
+    out, cpu = wrk(duration)
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    failed = errors(warm) + errors(out)
+    return {
+        "p50": _wrk_ms(percentiles["50"]),
+        "p99": _wrk_ms(percentiles["99"]),
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "requests": requests,
+        "errors": failed,
+        "statuses": {"200": requests - errors(out), "errors": failed},
+        "client_cpu": cpu / duration,
+        "load": load,
+    }
+
+
 def _median(rows: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
 
 def phase_breakdown(engine: Any, body: bytes, repeats: int) -> list[tuple[str, list[float]]]:
-    """Time one request's phases in this process, single-threaded (ms per phase)."""
+    """Time one request's phases in this process, single-threaded (ms per phase).
+
+    Each phase calls the engine's own functions in the order `engine.score_inline` does
+    (the feature phase is split into the DuckDB execution and the rest of
+    `OnlineFeatureBuilder.features`); the last row times `score_inline` itself.
+    """
     import numpy as np
     import pandas as pd
 
     from serving.engine import default_as_of
-    from serving.online import EVENT_SCHEMA, ORDER_SCHEMA
     from serving.schemas import ScoreRequest
-    from serving.scoring import KEY, REASON_COLUMNS, add_percentiles, predict_scores, render_result
+    from serving.scoring import KEY, REASON_COLUMNS, _population, add_percentiles, predict_scores, render_result
     from serving.tags import evaluate_tags
 
     builder = engine.builder
@@ -365,36 +441,15 @@ def phase_breakdown(engine: Any, body: bytes, repeats: int) -> list[tuple[str, l
         as_of = request.as_of if request.as_of is not None else default_as_of()
         customers, orders, events = engine._tables(request.customers)
         t = tick("_tables (Python lists -> Arrow)", t)
-        tables = {
-            "customers": customers.select(builder.schemas_["customers"].names).cast(builder.schemas_["customers"]),
-            "orders": orders.select(ORDER_SCHEMA.names).cast(ORDER_SCHEMA),
-            "events": events.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA),
-        }
-        t = tick("features: Arrow select/cast", t)
-        with builder._worker() as worker:
-            con = worker.con
-            from serving.online import TABLE_NAMES
-
-            for key, table in tables.items():
-                name = TABLE_NAMES[key]
-                con.execute(f'DELETE FROM "{name}"')
-                if table.num_rows:
-                    con.register("_crm_rows", table)
-                    con.execute(f'INSERT INTO "{name}" SELECT * FROM _crm_rows')
-                    con.unregister("_crm_rows")
-            t = tick("features: DuckDB DELETE + INSERT x3", t)
-            statement = worker._statement(as_of)
-            result = con.execute(f"EXECUTE {statement}").fetch_arrow_table()
-            t = tick("features: DuckDB EXECUTE prepared + fetch", t)
-        features = result.cast(builder.result_schema_).to_pandas()
-        t = tick("features: cast + to_pandas", t)
+        builder.feature_table(customers, orders, events, as_of)
+        t = tick("features: DuckDB (replace rows, run the family statements, combine)", t)
+        features = builder.features(customers, orders, events, as_of)
+        t = tick("features: whole OnlineFeatureBuilder.features (again)", t)
         ids = features[KEY].astype(str).tolist()
         previous = engine._previous_tags(ids)
-        t = tick("_previous_tags (snapshot Parquet read, new DuckDB conn)", t)
-        # predict_scores, split per model (same calls, timed separately)
+        t = tick("previous tags (in-memory snapshot index)", t)
         for model in engine.models.models.values():
-            orders_count = features["orders_count"].to_numpy(dtype="float64", na_value=0.0)
-            rows = np.flatnonzero(orders_count == 0 if model.name == "lead_scoring" else orders_count > 0)
+            rows = np.flatnonzero(_population(features, model))
             if len(rows) == 0:
                 continue
             subset = features.iloc[rows]
@@ -404,7 +459,7 @@ def phase_breakdown(engine: Any, body: bytes, repeats: int) -> list[tuple[str, l
                 model.explain(subset, 3)
                 t = tick(f"explain {model.name} (reasons)", t)
         scores = predict_scores(features, engine.models)
-        t = tick("predict_scores again as a whole (predict+explain, all models)", t)
+        t = tick("predict_scores as a whole (all models, reasons)", t)
         scores = add_percentiles(scores, engine.snapshot.reference if engine.snapshot else None)
         t = tick("add_percentiles", t)
         tags = evaluate_tags(engine.rules, scores, previous)
@@ -415,12 +470,7 @@ def phase_breakdown(engine: Any, body: bytes, repeats: int) -> list[tuple[str, l
         json.dumps({"results": rendered})
         t = tick("response JSON", t)
         engine.score_inline(request)
-        t1 = time.perf_counter()
         tick("engine.score_inline end to end (separate call)", t)
-        timings.setdefault("sum of phases (excl. the two repeated calls)", []).append(
-            1000 * (t1 - t0) - timings["engine.score_inline end to end (separate call)"][-1]
-            - timings["predict_scores again as a whole (predict+explain, all models)"][-1]
-        )
         if i < 10:  # warm-up
             for values in timings.values():
                 values.pop()
@@ -473,12 +523,21 @@ def main() -> None:
     parser.add_argument("--skip-mlflow", action="store_true")
     parser.add_argument("--skip-default-as-of", action="store_true", help="Skip the rows without as_of.")
     parser.add_argument("--phases", type=int, default=200, help="In-process timed requests for the phase breakdown (0: skip).")
+    parser.add_argument(
+        "--client", choices=("auto", "wrk", "httpx"), default="auto",
+        help="Load generator: wrk (C; Debian's package `wrk`), or this script's asyncio + httpx client; auto: wrk when installed.",
+    )
     args = parser.parse_args()
+    import shutil
+
+    tool = ("wrk" if shutil.which("wrk") else "httpx") if args.client == "auto" else args.client
+    if tool == "wrk" and not shutil.which("wrk"):
+        raise SystemExit("--client wrk: wrk is not installed (apt-get install wrk)")
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # duckdb fetch_arrow_table (as the engine calls it)
     root = args.out.resolve()
     levels = [int(c) for c in args.concurrency.split(",")]
 
-    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores", flush=True)
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores; load generator: {tool}", flush=True)
     profile = prepare(root, args.customers, args.as_of)
     as_of_text = f"{args.as_of}T00:00:00Z"
     customer = build_customer(profile, args.as_of)
@@ -554,7 +613,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             for clients in levels:
                 for label, url, body_key, headers in settings:
-                    r = run_client(url, files[body_key], headers, clients, args.warmup, args.duration)
+                    r = run_client(url, files[body_key], headers, clients, args.warmup, args.duration, tool)
                     results.setdefault((label, clients), []).append(r)
                     print(f"  run {repeat + 1}/{args.repeats} {label:<26} c={clients:<3} p50 {r['p50']:7.1f} ms  "
                           f"p99 {r['p99']:7.1f} ms  {r['rps']:7.1f} req/s  errors {r['errors']}  "

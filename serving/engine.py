@@ -28,9 +28,10 @@ from features.errors import CrmScoringError
 from features.families.attributes import normalise_name
 from serving.batch import features_path, online_feature_params, read_meta
 from serving.models import ModelSet, load_model_set
+from serving.feature_process import FeatureProcess, FeatureProcessConfig
 from serving.online import AttributeColumn, OnlineFeatureBuilder, attribute_columns_for
 from serving.schemas import CustomerIn, ScoreRequest, now_utc, utc_naive
-from serving.scoring import KEY, PERCENTILE_OF, PercentileReference, add_reasons, not_eligible_result, render_result, score_features
+from serving.scoring import KEY, PERCENTILE_OF, PercentileReference, add_reasons, not_eligible_result, records, render_result, score_features
 from serving.store import RunRecord, ScoreStore
 from serving.tags import TagRules, load_tag_rules
 
@@ -57,15 +58,24 @@ class SnapshotView:
     meta: dict[str, Any]
     tag_columns: tuple[str, ...]
     features_path: Path | None = None
-    #: The snapshot's tag and segment columns indexed by customer_id (hysteresis state), in memory.
-    tags: pd.DataFrame | None = None
+    #: The snapshot's tag and segment columns (hysteresis state), in memory: the customer
+    #: ids as an index and each column's values in that order.
+    tag_index: pd.Index | None = None
+    tag_values: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def previous_tags(self, customer_ids: list[str]) -> pd.DataFrame | None:
-        """Tag/segment rows of these customers (those present), as `evaluate_tags` expects them."""
-        if self.tags is None:
+    def previous_tags(self, customer_ids: list[str], keys: list[str] | None = None) -> pd.DataFrame | None:
+        """Tag/segment rows of these customers (those present), as `evaluate_tags` expects them.
+
+        keys: the ids to give the rows instead (the namespaced ids of a micro-batch), one
+        per customer id.
+        """
+        if self.tag_index is None:
             return None
-        positions = self.tags.index.get_indexer(customer_ids)
-        return self.tags.iloc[positions[positions >= 0]].reset_index()
+        positions = self.tag_index.get_indexer(customer_ids)
+        present = positions >= 0
+        ids = np.asarray(keys if keys is not None else customer_ids, dtype=object)[present]
+        rows = positions[present]
+        return pd.DataFrame({KEY: ids, **{column: values[rows] for column, values in self.tag_values.items()}})
 
     def rows(self, customer_ids: list[str], columns: list[str] | None = None, path: Path | None = None) -> pd.DataFrame:
         wanted = ", ".join(f'"{c}"' for c in columns) if columns else "*"
@@ -91,7 +101,11 @@ def load_snapshot_view(store: ScoreStore) -> SnapshotView | None:
     scores = pq.read_table(path, columns=[c for c in PERCENTILE_OF.values() if c in schema.names]).to_pandas()
     tag_columns = tuple(c for c in schema.names if c.startswith(("tag_", "segment_")))
     stored_features = features_path(store, run.run_id)
-    tags = pq.read_table(path, columns=[KEY, *tag_columns]).to_pandas().set_index(KEY) if tag_columns else None
+    tag_index, tag_values = None, {}
+    if tag_columns:
+        tags = pq.read_table(path, columns=[KEY, *tag_columns])
+        tag_index = pd.Index(tags.column(KEY).to_numpy(zero_copy_only=False), dtype=object)
+        tag_values = {c: tags.column(c).to_numpy(zero_copy_only=False) for c in tag_columns}
     return SnapshotView(
         run,
         path,
@@ -99,7 +113,8 @@ def load_snapshot_view(store: ScoreStore) -> SnapshotView | None:
         read_meta(store, run.run_id),
         tag_columns,
         stored_features if stored_features.exists() else None,
-        tags,
+        tag_index,
+        tag_values,
     )
 
 
@@ -144,11 +159,25 @@ def _convert_attribute(column: AttributeColumn, value: Any) -> Any:
     return float(value)
 
 
+@dataclass(frozen=True)
+class PreparedBatch:
+    """Requests of a micro-batch with their features computed (`ScoringEngine.prepare_batch`).
+
+    outcomes: an `InputError` for each request that failed its checks, None for the others;
+    features: per distinct as_of, the (request number, id prefix) pairs and their feature rows.
+    """
+
+    engine: ScoringEngine
+    requests: list[ScoreRequest]
+    outcomes: list[list[dict[str, Any]] | InputError | None]
+    features: list[tuple[datetime, list[tuple[int, str]], pd.DataFrame]]
+
+
 @dataclass
 class ScoringEngine:
     models: ModelSet
     rules: TagRules
-    builder: OnlineFeatureBuilder
+    builder: OnlineFeatureBuilder | FeatureProcess
     snapshot: SnapshotView | None
     loaded_at: datetime = field(default_factory=now_utc)
 
@@ -217,8 +246,8 @@ class ScoringEngine:
             pa.table(event_cols, schema=schemas["events"]),
         )
 
-    def _previous_tags(self, customer_ids: list[str]) -> pd.DataFrame | None:
-        return self.snapshot.previous_tags(customer_ids) if self.snapshot is not None else None
+    def _previous_tags(self, customer_ids: list[str], keys: list[str] | None = None) -> pd.DataFrame | None:
+        return self.snapshot.previous_tags(customer_ids, keys) if self.snapshot is not None else None
 
     def score_inline(self, request: ScoreRequest) -> list[dict[str, Any]]:
         """The output contract for each customer of one request (in request order)."""
@@ -234,6 +263,14 @@ class ScoringEngine:
         the same customer; a request with invalid content gets its own `InputError` and
         does not affect the others. Results equal scoring each request alone.
         """
+        return self.finish_batch(self.prepare_batch(requests))
+
+    def prepare_batch(self, requests: list[ScoreRequest]) -> PreparedBatch:
+        """The first half of `score_inline_many`: checks, then the features (DuckDB).
+
+        Split from `finish_batch` so the service can compute the next batch's features
+        while this one is scored (DuckDB runs without the GIL).
+        """
         outcomes: list[list[dict[str, Any]] | InputError | None] = [None] * len(requests)
         groups: dict[datetime, list[tuple[int, str, tuple[pa.Table, pa.Table, pa.Table]]]] = {}
         for k, request in enumerate(requests):
@@ -245,36 +282,41 @@ class ScoringEngine:
                 outcomes[k] = exc
                 continue
             groups.setdefault(as_of, []).append((k, namespace, tables))
+        features = []
         for as_of, members in groups.items():
             merged = [pa.concat_tables([tables[i] for _, _, tables in members]) for i in range(3)]
-            results = self._score_tables(*merged, as_of)
-            for k, namespace, _ in members:
+            features.append((as_of, [(k, namespace) for k, namespace, _ in members], self.builder.features(*merged, as_of)))
+        return PreparedBatch(self, requests, outcomes, features)
+
+    def finish_batch(self, batch: PreparedBatch) -> list[list[dict[str, Any]] | InputError]:
+        """The second half of `score_inline_many`: scores, tags and the output contract."""
+        if batch.engine is not self:
+            raise CrmScoringError("a prepared batch is finished by the engine that prepared it")
+        outcomes = list(batch.outcomes)
+        for as_of, members, features in batch.features:
+            results = self._score_features(features, as_of)
+            for k, namespace in members:
                 outcomes[k] = [
                     results.get(namespace + c.customer_id) or not_eligible_result(c.customer_id, self.models, as_of)
-                    for c in requests[k].customers
+                    for c in batch.requests[k].customers
                 ]
         return [o if o is not None else [] for o in outcomes]
 
-    def _score_tables(self, customers: pa.Table, orders: pa.Table, events: pa.Table, as_of: datetime) -> dict[str, dict[str, Any]]:
+    def _score_features(self, features: pd.DataFrame, as_of: datetime) -> dict[str, dict[str, Any]]:
         """Output-contract objects keyed by the (possibly prefixed) customer id."""
-        features = self.builder.features(customers, orders, events, as_of)
         if not len(features):
             return {}
         keys = features[KEY].astype(str).tolist()
         originals = [key.split(_NAMESPACE_SEPARATOR, 1)[-1] for key in keys]
-        previous = self._previous_tags(sorted(set(originals)))
-        if previous is not None:
-            mapping = pd.DataFrame({KEY: keys, "_original": originals})
-            previous = mapping.merge(previous.rename(columns={KEY: "_original"}), on="_original").drop(columns="_original")
         scores = score_features(
             features,
             self.models,
             self.rules,
             reference=self.snapshot.reference if self.snapshot else None,
-            previous_tags=previous,
+            previous_tags=self._previous_tags(originals, keys),
         )
         by_key: dict[str, dict[str, Any]] = {}
-        for key, original, row in zip(keys, originals, scores.to_dict(orient="records"), strict=True):
+        for key, original, row in zip(keys, originals, records(scores), strict=True):
             row[KEY] = original
             by_key[key] = render_result(row, self.models, self.rules, as_of)
         return by_key
@@ -337,6 +379,12 @@ class ScoringEngine:
                 if not all(np.isfinite(values)):
                     raise CrmScoringError(f"probe prediction {name} is not finite: {values}")
 
+    def close(self) -> None:
+        """Release what the engine holds outside this process (the feature process, if any)."""
+        close = getattr(self.builder, "close", None)
+        if callable(close):
+            close()
+
     def describe(self) -> dict[str, Any]:
         snapshot = None
         if self.snapshot is not None:
@@ -351,14 +399,29 @@ def build_engine(
     training_settings: Any = None,
     *,
     workers: int = 4,
+    parallelism: int = 2,
+    feature_process: bool = False,
 ) -> ScoringEngine:
-    """Load champions, rules and the latest snapshot, compile the features, run the probe."""
+    """Load champions, rules and the latest snapshot, compile the features, run the probe.
+
+    feature_process: compute online features in a child process (`serving.feature_process`:
+    what the API does) instead of in this one. workers / parallelism: table sets and
+    DuckDB connections per table set of the feature builder (see `serving.online`).
+    """
     models = load_model_set(training_settings)
     rules = load_tag_rules(tags_file)
     snapshot = load_snapshot_view(ScoreStore(store_dir))
     attributes = attribute_columns_for(models.input_types())
     params = online_feature_params(snapshot.meta if snapshot else {})
-    builder = OnlineFeatureBuilder(attributes, params, workers=workers).prepare()
+    builder: OnlineFeatureBuilder | FeatureProcess
+    if feature_process:
+        builder = FeatureProcess(FeatureProcessConfig(attributes, params, workers=1, parallelism=parallelism)).start()
+    else:
+        builder = OnlineFeatureBuilder(attributes, params, workers=workers, parallelism=parallelism).prepare()
     engine = ScoringEngine(models, rules, builder, snapshot)
-    engine.probe()
+    try:
+        engine.probe()
+    except BaseException:
+        engine.close()
+        raise
     return engine

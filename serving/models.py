@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from features.errors import CrmScoringError
@@ -49,6 +50,9 @@ class ServedModel:
     input_types: dict[str, str]
     predict_frame: Callable[[pd.DataFrame], pd.DataFrame]
     explain: Callable[[pd.DataFrame, int], list[list[dict[str, Any]]]] | None = None
+    #: Classifiers: (probability, reasons) from one encoding of the rows, what
+    #: `predict_frame` + `explain` give separately (the model's `predict_with_reasons`).
+    predict_with_reasons: Callable[[pd.DataFrame, int], tuple[np.ndarray, list[list[dict[str, Any]]]]] | None = None
     #: customer_ltv: the horizon of its CLV and expected purchases (days).
     clv_horizon_days: int | None = None
 
@@ -111,6 +115,7 @@ def served_model(champion: Any, threads: int | None = None) -> ServedModel:
     if threads is not None and estimator is not None and hasattr(estimator, "set_params"):
         estimator.set_params(n_jobs=threads)
     explain = getattr(inner, "explain", None)
+    together = getattr(inner, "predict_with_reasons", None)
     ltv_model = getattr(inner, "model", None)  # LtvServingModel wraps CustomerLtvModel
     return ServedModel(
         name=champion.name,
@@ -122,9 +127,9 @@ def served_model(champion: Any, threads: int | None = None) -> ServedModel:
         feature_columns=tuple(wrapper.feature_columns),
         input_types=_input_types(champion.model),
         predict_frame=wrapper.predict_frame,
-        explain=(lambda frame, top_k, _explain=explain, _cols=tuple(wrapper.feature_columns): _explain(frame[list(_cols)], top_k))
-        if callable(explain)
-        else None,
+        # The classifier selects its feature columns by name itself: no column subset to copy.
+        explain=explain if callable(explain) else None,
+        predict_with_reasons=together if callable(together) else None,
         clv_horizon_days=getattr(ltv_model, "horizon_days", None),
     )
 

@@ -90,37 +90,50 @@ class PercentileReference:
         return out
 
 
-def _population(features: pd.DataFrame, model: ServedModel) -> np.ndarray:
-    orders = features["orders_count"].to_numpy(dtype="float64", na_value=0.0)
+def _population(features: pd.DataFrame, model: ServedModel, orders: np.ndarray | None = None) -> np.ndarray:
+    """Rows the model scores (`orders`: the `orders_count` column as floats, when already read)."""
+    if orders is None:
+        orders = features["orders_count"].to_numpy(dtype="float64", na_value=0.0)
     return orders == 0 if model.name in LEADS_ONLY else orders > 0
 
 
+def _reason_texts(reasons: list[list[dict[str, Any]]]) -> list[str]:
+    return [json.dumps(r, separators=(",", ":")) for r in reasons]
+
+
 def predict_scores(features: pd.DataFrame, models: ModelSet, *, reasons_top_k: int = 3) -> pd.DataFrame:
-    """Scores and reasons per feature row (same order); null where a model does not apply."""
+    """Scores and reasons per feature row (same order); null where a model does not apply.
+
+    Columns are filled as numpy arrays and the frame is built once at the end: for the
+    one-customer requests of the API, pandas' per-column costs were most of the time.
+    """
     n = len(features)
-    out = pd.DataFrame({KEY: features[KEY].astype("string").to_numpy()})
-    out["rfm_segment"] = features["rfm_segment"].astype("string").to_numpy() if "rfm_segment" in features else pd.NA
-    for column in SCORE_COLUMNS:
-        out[column] = np.full(n, np.nan)
-    for model_name, column in REASON_COLUMNS.items():
-        out[column] = pd.Series([None] * n, dtype="object")
+    scores = {column: np.full(n, np.nan) for column in SCORE_COLUMNS}
+    reasons = {column: np.full(n, None, dtype=object) for column in REASON_COLUMNS.values()}
+    orders = features["orders_count"].to_numpy(dtype="float64", na_value=0.0)
     for model in models.models.values():
-        rows = np.flatnonzero(_population(features, model))
+        rows = np.flatnonzero(_population(features, model, orders))
         if len(rows) == 0:
             continue
-        subset = features.iloc[rows]
-        predicted = model.predict_frame(subset)
+        subset = features if len(rows) == n else features.iloc[rows]
         if model.name == "customer_ltv":
+            predicted = model.predict_frame(subset)
             for name in LTV_OUTPUTS:
-                out.loc[rows, f"ltv_{name}"] = predicted[name].to_numpy(dtype="float64")
+                scores[f"ltv_{name}"][rows] = predicted[name].to_numpy(dtype="float64")
+            continue
+        explained = model.explain is not None and reasons_top_k > 0
+        if explained and model.predict_with_reasons is not None:
+            probability, why = model.predict_with_reasons(subset, reasons_top_k)
         else:
-            out.loc[rows, f"{model.prefix}_probability"] = predicted["probability"].to_numpy(dtype="float64")
-            if model.explain is not None and reasons_top_k > 0:
-                reasons = model.explain(subset, reasons_top_k)
-                out.loc[rows, REASON_COLUMNS[model.name]] = pd.Series(
-                    [json.dumps(r, separators=(",", ":")) for r in reasons], index=rows, dtype="object"
-                )
-    return out
+            probability = model.predict_frame(subset)["probability"].to_numpy(dtype="float64")
+            why = model.explain(subset, reasons_top_k) if explained and model.explain is not None else None
+        scores[f"{model.prefix}_probability"][rows] = probability
+        if why is not None:
+            reasons[REASON_COLUMNS[model.name]][rows] = _reason_texts(why)
+    rfm = features["rfm_segment"].astype("string").to_numpy() if "rfm_segment" in features else pd.NA
+    head = pd.DataFrame({KEY: features[KEY].astype("string").to_numpy(), "rfm_segment": rfm})
+    texts = {column: pd.Series(values, dtype="object") for column, values in reasons.items()}  # JSON text or None
+    return pd.concat([head, pd.DataFrame({**scores, **texts})], axis=1)
 
 
 def add_reasons(scores: pd.DataFrame, features: pd.DataFrame, models: ModelSet, reasons_top_k: int = 3) -> pd.DataFrame:
@@ -137,10 +150,8 @@ def add_reasons(scores: pd.DataFrame, features: pd.DataFrame, models: ModelSet, 
         rows = np.flatnonzero(out[f"{model.prefix}_probability"].notna().to_numpy())
         if len(rows) == 0:
             continue
-        reasons = model.explain(features.iloc[rows], reasons_top_k)
         values = out[column].astype("object").to_numpy(copy=True)
-        for row, reason in zip(rows, reasons, strict=True):
-            values[row] = json.dumps(reason, separators=(",", ":"))
+        values[rows] = _reason_texts(model.explain(features.iloc[rows], reasons_top_k))
         out[column] = values
     return out
 
@@ -148,10 +159,8 @@ def add_reasons(scores: pd.DataFrame, features: pd.DataFrame, models: ModelSet, 
 def add_percentiles(scores: pd.DataFrame, reference: PercentileReference | None) -> pd.DataFrame:
     """`*_percentile` columns against `reference` (None: against these scores themselves)."""
     reference = reference if reference is not None else PercentileReference.from_scores(scores)
-    out = scores.copy()
-    for column, score in PERCENTILE_OF.items():
-        out[column] = reference.percentile(score, scores[score].to_numpy(dtype="float64", na_value=np.nan))
-    return out
+    ranked = {column: reference.percentile(score, scores[score].to_numpy(dtype="float64", na_value=np.nan)) for column, score in PERCENTILE_OF.items()}
+    return scores.assign(**ranked)  # a new frame; `scores` is left as it was
 
 
 def score_features(
@@ -166,7 +175,13 @@ def score_features(
     """The full score table: scores, percentiles, reasons, tags and segments."""
     scores = add_percentiles(predict_scores(features, models, reasons_top_k=reasons_top_k), reference)
     tags = evaluate_tags(rules, scores, previous_tags)
-    return pd.concat([scores.reset_index(drop=True), tags.drop(columns=[KEY]).reset_index(drop=True)], axis=1)
+    return pd.concat([scores.reset_index(drop=True), tags.iloc[:, 1:].reset_index(drop=True)], axis=1)  # tags without customer_id
+
+
+def records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows as dicts of Python values (what `DataFrame.to_dict(orient="records")` gives, cheaper for a few rows)."""
+    names = [str(c) for c in table.columns]
+    return [dict(zip(names, values, strict=True)) for values in table.to_numpy(dtype=object)]
 
 
 # --------------------------------------------------------------------------------------

@@ -61,7 +61,18 @@ class ServingSettings(BaseSettings):
     max_customers_per_request: int = Field(default=1_000, ge=1, description="Largest batch in one scoring request.")
     max_concurrent_requests: int = Field(default=64, ge=1, description="Scoring requests in flight before 429.")
     request_timeout_seconds: float = Field(default=30.0, gt=0, description="Scoring time limit per request (then 503).")
-    online_workers: int = Field(default=4, ge=1, description="Threads scoring inline profiles.")
+    online_workers: int = Field(default=4, ge=1, description="Feature table sets for inline profiles (in-process engines).")
+    batch_wait_ms: float = Field(
+        default=5.0, ge=0, description="Longest wait for more /v1/score requests to batch with one (see MicroBatcher)."
+    )
+    online_parallelism: int = Field(
+        default=2, ge=1, description="DuckDB connections running one batch's feature statements side by side."
+    )
+    online_feature_process: bool = Field(
+        default=True,
+        description="Compute the API's online features in a child process (DuckDB's client and request handling "
+        "would otherwise queue for the GIL).",
+    )
 
     webhook_secret: SecretStr | None = Field(
         default=None,

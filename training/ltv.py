@@ -61,6 +61,9 @@ PARAM_UPPER = 1e5
 
 DEFAULT_PENALIZER_LADDER: tuple[float, ...] = (0.0, 0.001, 0.01, 0.1)
 
+#: `compress` groups at most this many rows with a dict (an API request's few customers).
+SMALL_COMPRESS_ROWS = 64
+
 #: Warm start: a sub-model with at least WARM_START_MIN_ROWS distinct rows to fit is first
 #: fitted on a simple random sample of about WARM_START_SAMPLE of its customers (same
 #: penalizer), and lifetimes' BFGS on all rows starts from that optimum and its inverse Hessian
@@ -425,8 +428,14 @@ class _Rows:
     zbar: np.ndarray
 
 
-def _column(X: pd.DataFrame, name: str) -> np.ndarray:
-    return pd.to_numeric(X[name], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+def _column(X: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The column as floats (NaN where null or unparsable) and, for a column that had to be
+    parsed, where it held a value (None for numbers: every NaN there is a null)."""
+    column = X[name]
+    if pd.api.types.is_numeric_dtype(column.dtype):
+        return column.to_numpy(dtype="float64", na_value=np.nan), None
+    parsed = pd.to_numeric(column, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    return parsed, column.notna().to_numpy()
 
 
 def _prepare(X: pd.DataFrame) -> _Rows:
@@ -438,11 +447,13 @@ def _prepare(X: pd.DataFrame) -> _Rows:
     missing = [c for c in FEATURE_COLUMNS if c not in X.columns]
     if missing:
         raise LtvInputError(f"customer_ltv input lacks column(s) {missing} (needs {list(FEATURE_COLUMNS)})")
-    x, t_x, T, zbar = (_column(X, c) for c in FEATURE_COLUMNS)
+    parsed = [_column(X, c) for c in FEATURE_COLUMNS]
+    x, t_x, T, zbar = (values for values, _ in parsed)
     # Only a genuinely null T_days means "no purchase"; text that fails to parse is an error.
     unparsable = np.zeros(len(X), dtype=bool)
-    for name, values in zip(FEATURE_COLUMNS, (x, t_x, T, zbar), strict=True):
-        unparsable |= np.isnan(values) & ~X[name].isna().to_numpy()
+    for values, present in parsed:
+        if present is not None:
+            unparsable |= np.isnan(values) & present
     buyer = ~np.isnan(T) | unparsable
     null = buyer & ~unparsable & (np.isnan(x) | np.isnan(t_x) | np.isnan(zbar))
     infinite = buyer & (np.isinf(x) | np.isinf(t_x) | np.isinf(T) | np.isinf(zbar))
@@ -458,10 +469,9 @@ def _prepare(X: pd.DataFrame) -> _Rows:
         "negative monetary_value": ok & (zbar < 0),
     }
     problems = []
-    keys = _keys(X)
     for label, mask in checks.items():
         if mask.any():
-            examples = ", ".join(str(k) for k in keys[mask][:3])
+            examples = ", ".join(str(k) for k in _keys(X)[mask][:3])
             problems.append(f"{int(mask.sum())} row(s) with {label} (e.g. {examples})")
     if problems:
         raise LtvInputError("customer_ltv input: " + "; ".join(problems))
@@ -486,8 +496,14 @@ def compress(*columns: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.nda
 
     Fader & Hardie fit on the distinct (x, t_x, T) patterns weighted by their counts: the
     likelihood is the same, and 1M customers shrink to the number of distinct patterns.
-    Hash-based (pandas groupby), first-appearance order; inputs must not contain NaN.
+    Hash-based (pandas groupby; a dict for a few rows, where groupby's set-up would cost
+    more than the work), first-appearance order; inputs must not contain NaN.
     """
+    if len(columns[0]) <= SMALL_COMPRESS_ROWS:
+        patterns: dict[tuple[float, ...], int] = {}
+        inverse = np.array([patterns.setdefault(row, len(patterns)) for row in zip(*(np.asarray(c).tolist() for c in columns))], dtype=np.int64)
+        first = np.unique(inverse, return_index=True)[1] if len(inverse) else np.zeros(0, dtype=np.int64)
+        return [np.asarray(c)[first] for c in columns], np.bincount(inverse, minlength=len(patterns)), inverse
     frame = pd.DataFrame({str(i): np.asarray(c) for i, c in enumerate(columns)})
     grouped = frame.groupby(list(frame.columns), sort=False)
     inverse = grouped.ngroup().to_numpy()
@@ -803,14 +819,14 @@ class CustomerLtvModel(BaseEstimator):
 
     @staticmethod
     def _frame(X: pd.DataFrame, rows: _Rows, values: dict[str, np.ndarray]) -> pd.DataFrame:
-        out = pd.DataFrame(index=X.index)
+        columns: dict[str, np.ndarray] = {}
         if KEY_COLUMN in X.columns:
-            out[KEY_COLUMN] = X[KEY_COLUMN].to_numpy()
+            columns[KEY_COLUMN] = X[KEY_COLUMN].to_numpy()
         for name, value in values.items():
             full = np.full(rows.n_rows, np.nan)
             full[rows.positions] = value
-            out[name] = full
-        return out
+            columns[name] = full
+        return pd.DataFrame(columns, index=X.index)
 
 
 # --------------------------------------------------------------------------------------

@@ -105,6 +105,30 @@ def test_columns_are_selected_by_name_and_unseen_categories_are_missing(small_mo
         model.predict_proba(X.assign(count="many"))
 
 
+def test_predictions_equal_lightgbm_on_the_pandas_encoding(small_model):
+    """The fast numpy path feeds LightGBM exactly what its own pandas conversion would."""
+    model, X, _ = small_model
+    awkward = X.head(200).copy()
+    awkward["segment"] = pd.array(["zzz", None, "b", "a", "c"] * 40, dtype="str")  # unseen and missing categories
+    awkward["count"] = awkward["count"].astype("Int64").mask(awkward.index % 7 == 0)  # nullable integers with gaps
+    awkward["flag"] = awkward["flag"].astype("boolean").mask(awkward.index % 5 == 0)  # nullable booleans
+    as_text = awkward.assign(x1=awkward["x1"].map(lambda v: None if np.isnan(v) else repr(v)).astype("str"))  # numbers as text
+    for frame in (X, awkward, as_text, awkward.iloc[::-1]):
+        encoded = model._encode(frame)
+        expected_margin = model.estimator_.predict(encoded, raw_score=True)
+        assert np.array_equal(model._margin(frame), expected_margin)
+        expected_contributions = model.estimator_.predict(encoded, pred_contrib=True)
+        reasons = model.explain(frame, top_k=len(model.feature_columns_))
+        for row, items in enumerate(reasons):
+            for item in items:
+                j = model.feature_columns_.index(item["feature"])
+                assert item["contribution"] == expected_contributions[row, j]
+                assert item["value"] == frame[item["feature"]].iloc[row] or item["value"] is None
+        probability, together = model.predict_with_reasons(frame, top_k=3)
+        assert np.array_equal(probability, model.predict_proba(frame)[:, 1])
+        assert together == model.explain(frame, top_k=3)
+
+
 def test_category_cap_keeps_the_most_frequent_values():
     train, y = _table(2_000, 3)
     model = PropensityModel(n_estimators=20, max_categories=2, calibration="none").fit(train, y)

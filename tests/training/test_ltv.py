@@ -197,6 +197,22 @@ def test_compress_maps_rows_to_distinct_patterns():
     assert len(set(zip(ua, ub, strict=True))) == len(ua)
 
 
+@pytest.mark.parametrize("n", [0, 1, 7, 64, 65, 500])
+def test_compress_of_few_rows_equals_the_groupby_path(n, monkeypatch):
+    """The dict path for a request's few rows groups exactly as pandas' groupby does."""
+    import training.ltv as ltv
+
+    rng = np.random.default_rng(n)
+    columns = (rng.integers(0, 3, n).astype(float), rng.choice([0.0, -0.0, 2.5], n), rng.integers(0, 2, n).astype(float))
+    small = compress(*columns)
+    monkeypatch.setattr(ltv, "SMALL_COMPRESS_ROWS", -1)  # force the groupby path
+    large = compress(*columns)
+    for got, expected in zip(small[0], large[0], strict=True):
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(small[1], large[1])
+    np.testing.assert_array_equal(small[2], large[2])
+
+
 def test_compressed_fit_equals_uncompressed_fit():
     from lifetimes import BetaGeoFitter, GammaGammaFitter
 

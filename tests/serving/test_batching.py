@@ -1,0 +1,113 @@
+"""MicroBatcher: how `/v1/score` requests are grouped into feature queries (no models needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from serving.service import MicroBatcher
+
+
+@dataclass
+class FakeRequest:
+    name: str
+    customers: list[int] = field(default_factory=lambda: [1])
+
+
+class Recorder:
+    """prepare/finish doubles: record each batch, answer every request with its name."""
+
+    def __init__(self, prepare_seconds: float = 0.0, fail_on: str | None = None) -> None:
+        self.batches: list[list[str]] = []
+        self.prepare_seconds = prepare_seconds
+        self.fail_on = fail_on
+        self._lock = threading.Lock()
+
+    def prepare(self, requests: list[FakeRequest]) -> list[FakeRequest]:
+        with self._lock:
+            self.batches.append([r.name for r in requests])
+        if self.fail_on is not None and any(r.name == self.fail_on for r in requests):
+            raise RuntimeError(f"cannot prepare {self.fail_on}")
+        time.sleep(self.prepare_seconds)
+        return requests
+
+    @staticmethod
+    def finish(requests: list[FakeRequest]) -> list[Any]:
+        return [f"scored {r.name}" for r in requests]
+
+
+def test_concurrent_requests_go_into_one_batch_in_order() -> None:
+    recorder = Recorder()
+    batcher = MicroBatcher(recorder.prepare, recorder.finish, max_customers=100, max_wait=0.05)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(batcher.submit(FakeRequest(f"r{i}")) for i in range(5)))
+
+    assert asyncio.run(main()) == [f"scored r{i}" for i in range(5)]
+    assert recorder.batches == [[f"r{i}" for i in range(5)]]
+
+
+def test_a_lone_client_is_never_delayed() -> None:
+    recorder = Recorder()
+    batcher = MicroBatcher(recorder.prepare, recorder.finish, max_customers=100, max_wait=1.0)
+
+    async def main() -> float:
+        started = time.perf_counter()
+        for i in range(5):
+            assert await batcher.submit(FakeRequest(f"r{i}")) == f"scored r{i}"
+        return time.perf_counter() - started
+
+    assert asyncio.run(main()) < 0.5  # five requests, far below one max_wait
+    assert recorder.batches == [[f"r{i}"] for i in range(5)]
+
+
+def test_steady_clients_are_served_together_each_round() -> None:
+    """Closed-loop clients answered together come back at slightly different times; the
+    next batch waits for all of them instead of splitting into groups."""
+    recorder = Recorder(prepare_seconds=0.02)
+    batcher = MicroBatcher(recorder.prepare, recorder.finish, max_customers=100, max_wait=0.05)
+    rng = random.Random(0)
+
+    async def client(number: int) -> None:
+        for round_ in range(6):
+            await asyncio.sleep(rng.uniform(0, 0.01))  # the client's turnaround
+            assert await batcher.submit(FakeRequest(f"c{number}-{round_}")) == f"scored c{number}-{round_}"
+
+    async def main() -> None:
+        await asyncio.gather(*(client(n) for n in range(4)))
+
+    asyncio.run(main())
+    sizes = [len(batch) for batch in recorder.batches]
+    assert sum(sizes) == 24
+    # The first request finds no one else in flight and goes alone (so its client ends a
+    # round early); from then on each batch holds every client.
+    assert sizes[0] == 1 and sizes[1:-1] == [4] * (len(sizes) - 2) and sizes[-1] == 3, sizes
+
+
+def test_max_customers_bounds_a_batch() -> None:
+    recorder = Recorder()
+    batcher = MicroBatcher(recorder.prepare, recorder.finish, max_customers=4, max_wait=0.0)
+
+    async def main() -> None:
+        await asyncio.gather(*(batcher.submit(FakeRequest(f"r{i}", customers=[1, 2])) for i in range(4)))
+
+    asyncio.run(main())
+    assert [len(batch) for batch in recorder.batches] == [2, 2]
+
+
+def test_a_failed_batch_fails_its_callers_only() -> None:
+    recorder = Recorder(fail_on="bad")
+    batcher = MicroBatcher(recorder.prepare, recorder.finish, max_customers=100, max_wait=0.0)
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="cannot prepare bad"):
+            await batcher.submit(FakeRequest("bad"))
+        assert await batcher.submit(FakeRequest("good")) == "scored good"  # the lanes keep serving
+
+    asyncio.run(main())

@@ -1,0 +1,175 @@
+"""Online features (`serving.online`, `serving.feature_process`) equal the batch's feature rows.
+
+The batch run at AS_OF keeps its feature table (`<run_id>.features.parquet`, computed by
+`features.pipeline.build_features` over the whole profile); online features for the same
+customers at the same as_of must match it column for column. The statements are prepared
+once and then reused while the template tables' rows change, so a plan that depended on
+the rows it was prepared with would show up here as wrong or missing rows.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from features.errors import CrmScoringError
+from serving.batch import features_path, online_feature_params, read_meta
+from serving.engine import ScoringEngine, build_engine
+from serving.feature_process import FeatureProcess, FeatureProcessClosedError, FeatureProcessConfig
+from serving.inline import inline_customers
+from serving.online import OnlineFeatureBuilder, OnlineFeatureError, combine_family_tables
+from serving.schemas import ScoreRequest
+from serving.store import ScoreStore
+from tests.serving.conftest import AS_OF, TrainedProject
+from training.config import TrainingSettings
+
+pytestmark = pytest.mark.slow
+
+AS_OF_TEXT = f"{AS_OF}T00:00:00Z"
+
+
+@pytest.fixture(scope="module")
+def engine(trained_project: TrainedProject) -> ScoringEngine:
+    settings = TrainingSettings(project_dir=trained_project.root, tracking_uri=trained_project.env["CRMSCORE_TRACKING_URI"])
+    return build_engine(trained_project.root / "scores", None, settings, workers=1)
+
+
+@pytest.fixture(scope="module")
+def batch_features(trained_project: TrainedProject) -> pd.DataFrame:
+    store = ScoreStore(trained_project.root / "scores")
+    latest = store.latest_run()
+    assert latest is not None
+    return pd.read_parquet(features_path(store, latest.run_id)).set_index("customer_id")
+
+
+@pytest.fixture(scope="module")
+def kinds(batch_features: pd.DataFrame) -> dict[str, list[str]]:
+    """Customer ids of each shape: leads without activity, leads with events, buyers."""
+    no_orders = batch_features.orders_count.fillna(0) == 0
+    quiet = batch_features.get("events_count_90d", pd.Series(0, index=batch_features.index)).fillna(0) == 0
+    return {
+        "quiet lead": list(batch_features.index[no_orders & quiet][:3]),
+        "active lead": list(batch_features.index[no_orders & ~quiet][:3]),
+        "buyer": list(batch_features.index[~no_orders][:6]),
+    }
+
+
+def _tables(engine: ScoringEngine, trained_project: TrainedProject, ids: list[str]) -> tuple[pa.Table, pa.Table, pa.Table]:
+    request = ScoreRequest.model_validate({"as_of": AS_OF_TEXT, "customers": inline_customers(trained_project.profile, ids)})
+    return engine._tables(request.customers)
+
+
+def _assert_rows_equal(online: pd.DataFrame, batch: pd.DataFrame, ids: list[str]) -> None:
+    online = online.set_index("customer_id")
+    assert sorted(online.index) == sorted(ids)
+    expected = batch.loc[online.index, online.columns]
+    for column in online.columns:
+        got, want = online[column], expected[column]
+        if pd.api.types.is_float_dtype(want.dtype) or pd.api.types.is_float_dtype(got.dtype):
+            np.testing.assert_allclose(got.to_numpy(dtype=float), want.to_numpy(dtype=float), rtol=1e-9, atol=1e-9, equal_nan=True, err_msg=column)
+        else:
+            assert got.astype(object).where(got.notna(), None).tolist() == want.astype(object).where(want.notna(), None).tolist(), column
+
+
+def test_prepared_statements_hold_while_the_rows_change(engine, trained_project, batch_features, kinds) -> None:
+    builder = OnlineFeatureBuilder(engine.builder.attributes, engine.builder.params, workers=1).prepare()
+    as_of = datetime.fromisoformat(AS_OF)
+    # One shape after another on the same prepared statements: empty first (the plans are
+    # made on empty tables), then single customers of each kind, then a mixed batch.
+    sequence = [[], *([cid] for ids in kinds.values() for cid in ids), [i for ids in kinds.values() for i in ids]]
+    for ids in sequence:
+        if not ids:
+            empty = builder.features(*(schema.empty_table() for schema in builder.schemas_.values()), as_of)
+            # Same columns (the attributes come in the served models' order, the batch in the profile's).
+            assert empty.empty and sorted(empty.columns) == sorted(batch_features.reset_index().columns)
+            continue
+        _assert_rows_equal(builder.features(*_tables(engine, trained_project, ids), as_of), batch_features, ids)
+    (worker,) = [builder._pool.get()]
+    assert all(len(connection.prepared) == 1 for connection in worker.connections)  # planned once, reused
+
+
+def test_every_family_statement_runs_side_by_side_and_in_sequence(engine, trained_project, batch_features, kinds) -> None:
+    ids = [i for group in kinds.values() for i in group]
+    as_of = datetime.fromisoformat(AS_OF)
+    for parallelism in (1, 2, 5):
+        builder = OnlineFeatureBuilder(engine.builder.attributes, engine.builder.params, workers=1, parallelism=parallelism).prepare()
+        assert len(builder.groups_) == min(parallelism, len(builder.statements_))
+        assert sorted(i for group in builder.groups_ for i in group) == list(range(len(builder.statements_)))
+        _assert_rows_equal(builder.features(*_tables(engine, trained_project, ids), as_of), batch_features, ids)
+
+
+def test_old_as_of_statements_are_evicted(engine, trained_project) -> None:
+    builder = OnlineFeatureBuilder(engine.builder.attributes, engine.builder.params, workers=1, as_of_cache_size=2).prepare()
+    tables = [schema.empty_table() for schema in builder.schemas_.values()]  # no rows: the statements still run
+    for day in (1, 2, 3, 1):
+        builder.features(*tables, datetime(2025, 6, day))
+    worker = builder._pool.get()
+    assert all(len(connection.prepared) == 2 for connection in worker.connections)
+
+
+def test_family_tables_must_agree_on_their_rows() -> None:
+    first = pa.table({"customer_id": ["a", "b"], "x": [1, 2]})
+    other = pa.table({"customer_id": ["b", "a"], "y": [3, 4]})
+    with pytest.raises(OnlineFeatureError, match="different customers"):
+        combine_family_tables([first, other])
+    shared = pa.table({"customer_id": ["a", "b"], "x": [9, 9], "z": [5, 6]})
+    combined = combine_family_tables([first, shared])
+    assert combined.column_names == ["customer_id", "x", "z"] and combined.column("x").to_pylist() == [1, 2]
+
+
+def test_the_feature_process_equals_the_in_process_builder(engine, trained_project, kinds) -> None:
+    ids = [i for group in kinds.values() for i in group]
+    tables = _tables(engine, trained_project, ids)
+    as_of = datetime.fromisoformat(AS_OF)
+    process = FeatureProcess(FeatureProcessConfig(engine.builder.attributes, engine.builder.params)).start()
+    try:
+        remote = process.features(*tables, as_of)
+        pd.testing.assert_frame_equal(remote, engine.builder.features(*tables, as_of))
+    finally:
+        process.close()
+    with pytest.raises(FeatureProcessClosedError):
+        process.features(*tables, as_of)
+
+
+def test_a_dead_feature_process_is_replaced(engine, trained_project, kinds) -> None:
+    tables = _tables(engine, trained_project, kinds["buyer"][:2])
+    as_of = datetime.fromisoformat(AS_OF)
+    process = FeatureProcess(FeatureProcessConfig(engine.builder.attributes, engine.builder.params)).start()
+    try:
+        expected = process.features(*tables, as_of)
+        first = process.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while process._process is not None and process._process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pd.testing.assert_frame_equal(process.features(*tables, as_of), expected)  # a new child answered
+        assert process.pid not in (None, first)
+    finally:
+        process.close()
+
+
+def test_the_engine_through_the_feature_process_scores_as_in_process(engine, trained_project, kinds) -> None:
+    settings = TrainingSettings(project_dir=trained_project.root, tracking_uri=trained_project.env["CRMSCORE_TRACKING_URI"])
+    remote = build_engine(trained_project.root / "scores", None, settings, feature_process=True)
+    try:
+        ids = [i for group in kinds.values() for i in group]
+        request = ScoreRequest.model_validate({"as_of": AS_OF_TEXT, "customers": inline_customers(trained_project.profile, ids)})
+        assert remote.score_inline(request) == engine.score_inline(request)
+    finally:
+        remote.close()
+    assert isinstance(FeatureProcessClosedError("x"), CrmScoringError)
+
+
+def test_online_params_come_from_the_snapshot(trained_project) -> None:
+    store = ScoreStore(trained_project.root / "scores")
+    latest = store.latest_run()
+    assert latest is not None
+    assert online_feature_params(read_meta(store, latest.run_id)) != online_feature_params({})  # RFM edges of the population
