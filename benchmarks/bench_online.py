@@ -392,7 +392,7 @@ def _run_wrk(url: str, body_file: Path, headers: list[str], clients: int, warmup
     warm, _ = wrk(warmup)
     load = os.getloadavg()[0]
     out, cpu = wrk(duration)
-    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     failed = errors(warm) + errors(out)
     return {

@@ -39,7 +39,7 @@ import pandas as pd
 import pyarrow as pa
 
 from features.pipeline import FeatureParams
-from serving.online import EVENT_SCHEMA, ORDER_SCHEMA, AttributeColumn, OnlineFeatureError, customer_schema
+from serving.online import AttributeColumn, OnlineFeatureError, template_schemas, template_tables
 
 logger = logging.getLogger("crm_scoring.serving")
 
@@ -73,7 +73,7 @@ class FeatureProcess:
         self.params = config.params
         self.start_timeout = start_timeout
         self.call_timeout = call_timeout
-        self.schemas_ = {"customers": customer_schema(config.attributes), "orders": ORDER_SCHEMA, "events": EVENT_SCHEMA}
+        self.schemas_ = template_schemas(config.attributes)
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._requests: Connection | None = None
@@ -157,11 +157,7 @@ class FeatureProcess:
 
     def tables(self, customers: pa.Table, orders: pa.Table, events: pa.Table) -> dict[str, pa.Table]:
         """The three tables with the template tables' columns and types."""
-        return {
-            "customers": customers.select(self.schemas_["customers"].names).cast(self.schemas_["customers"]),
-            "orders": orders.select(ORDER_SCHEMA.names).cast(ORDER_SCHEMA),
-            "events": events.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA),
-        }
+        return template_tables(self.schemas_, customers, orders, events)
 
     def feature_table(self, customers: pa.Table, orders: pa.Table, events: pa.Table, as_of: datetime) -> pa.Table:
         """The feature table as Arrow, typed as the full feature expression (computed in the child)."""

@@ -134,6 +134,17 @@ def customer_schema(attributes: tuple[AttributeColumn, ...]) -> pa.Schema:
     return pa.schema([*CUSTOMER_SCHEMA, *[pa.field(a.name, a.arrow_type) for a in attributes]])
 
 
+def template_schemas(attributes: tuple[AttributeColumn, ...]) -> dict[str, pa.Schema]:
+    """The template profile's tables: the contract's columns plus the served attributes."""
+    return {"customers": customer_schema(attributes), "orders": ORDER_SCHEMA, "events": EVENT_SCHEMA}
+
+
+def template_tables(schemas: dict[str, pa.Schema], customers: pa.Table, orders: pa.Table, events: pa.Table) -> dict[str, pa.Table]:
+    """The three tables with the template tables' columns and types."""
+    given = {"customers": customers, "orders": orders, "events": events}
+    return {name: given[name].select(schema.names).cast(schema) for name, schema in schemas.items()}
+
+
 def _timestamp_literal_sql(as_of: datetime) -> str:
     """How the DuckDB compiler writes the as_of literal (`as_of_literal`) into SQL."""
     sql = str(ibis.to_sql(ibis.literal(as_of, type="timestamp").name("as_of_literal"), dialect="duckdb"))
@@ -189,7 +200,7 @@ def compile_feature_statements(
     depends on as_of beyond its literal or the families do not add up to the full table.
     """
     con = connect()
-    schemas = {"customers": customer_schema(attributes), "orders": ORDER_SCHEMA, "events": EVENT_SCHEMA}
+    schemas = template_schemas(attributes)
     tables = {k: con.create_table(TABLE_NAMES[k], schema.empty_table(), temp=True) for k, schema in schemas.items()}
     profile = Profile(tables["customers"], tables["orders"], tables["events"], tuple(a.name for a in attributes))
     statements = []
@@ -346,7 +357,7 @@ class OnlineFeatureBuilder:
 
     def prepare(self) -> OnlineFeatureBuilder:
         self.statements_, self.result_schema_ = compile_feature_statements(self.attributes, self.params)
-        self.schemas_ = {"customers": customer_schema(self.attributes), "orders": ORDER_SCHEMA, "events": EVENT_SCHEMA}
+        self.schemas_ = template_schemas(self.attributes)
         self._database = duckdb.connect(":memory:")
         self._database.execute(f"SET disabled_optimizers = '{','.join(ONLINE_DISABLED_OPTIMIZERS)}'")
         # One thread per statement: a request's rows fit in one vector, and the statements
@@ -387,11 +398,7 @@ class OnlineFeatureBuilder:
 
     def tables(self, customers: pa.Table, orders: pa.Table, events: pa.Table) -> dict[str, pa.Table]:
         """The three tables with the template tables' columns and types."""
-        return {
-            "customers": customers.select(self.schemas_["customers"].names).cast(self.schemas_["customers"]),
-            "orders": orders.select(ORDER_SCHEMA.names).cast(ORDER_SCHEMA),
-            "events": events.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA),
-        }
+        return template_tables(self.schemas_, customers, orders, events)
 
     def feature_table(self, customers: pa.Table, orders: pa.Table, events: pa.Table, as_of: datetime) -> pa.Table:
         """The feature table as Arrow, typed as the full feature expression."""

@@ -13,12 +13,14 @@ Endpoints (bearer API key required):
   POST /v1/admin/reload   (admin key) load the current champions; a failure keeps the old ones
 
 Concurrent `/v1/score` requests are micro-batched (`MicroBatcher`): those that arrive
-while a batch is being scored go together into the next feature query, since a query's
-cost is mostly fixed. Results equal scoring each request alone (tested).
+while a batch is being computed go together into the next feature query, since a query's
+cost is mostly fixed. Results equal scoring each request alone (tested). The feature
+queries run in a child process (`serving.feature_process`) so that DuckDB does not queue
+for this process's GIL behind request handling.
 
 Status codes: 401 missing/invalid key, 403 admin endpoint without an admin key, 411 POST
 without Content-Length, 413 body or batch too large, 422 invalid fields (with `loc`),
-429 too many requests in flight, 503 not ready / scoring timeout. Logs carry method,
+429 too many requests in flight, 503 not ready / scoring timeout / feature process restarting. Logs carry method,
 path, status, counts and durations, never bodies, attribute values or emails.
 """
 
@@ -87,8 +89,10 @@ class MicroBatcher:
     A feature query's cost is mostly fixed (~17 ms for 1 customer, ~21 ms for 8), so the
     requests that arrive while a batch is computed go together into the next one. A batch
     is *formed* and its features computed (`prepare`, in the feature process) by one lane
-    at a time; it is then *finished* (`finish`: models, tags, rendering) while the next
-    lane forms and prepares the next batch.
+    at a time, then *finished* (`finish`: models, tags, rendering). With `lanes` > 1 the
+    next lane forms and prepares the next batch meanwhile; on two cores one lane measured
+    as well or better (the two stages then do not compete for the cores), so the service
+    defaults to one (`CRMSCORE_BATCH_LANES`).
 
     Forming: the first queued request starts a batch. While fewer requests are queued
     than were in flight at the busiest moment since the last batch was formed (clients
@@ -98,7 +102,7 @@ class MicroBatcher:
     each pay the fixed cost, and a lone client never waits.
     """
 
-    def __init__(self, prepare: Any, finish: Any, max_customers: int, lanes: int = 2, max_wait: float = 0.005) -> None:
+    def __init__(self, prepare: Any, finish: Any, max_customers: int, lanes: int = 1, max_wait: float = 0.008) -> None:
         self.prepare = prepare
         self.finish = finish
         self.max_customers = max_customers
@@ -246,6 +250,7 @@ class CrmScoring:
         self.settings = ServingSettings()
         self.training_settings = TrainingSettings()
         app.state.settings = self.settings
+        app.state.service = self
         app.state.keys = KeyChecker(self.settings.resolved_api_keys(), self.settings.resolved_admin_keys())
         if not self.settings.resolved_api_keys() and not self.settings.resolved_admin_keys():
             logger.warning("no API keys configured (CRMSCORE_API_KEYS / CRMSCORE_API_KEYS_FILE): every /v1 call gets 401")
@@ -260,6 +265,7 @@ class CrmScoring:
             self._prepare_batch,
             lambda prepared: prepared.engine.finish_batch(prepared),
             self.settings.max_customers_per_request,
+            lanes=self.settings.batch_lanes,
             max_wait=self.settings.batch_wait_ms / 1000,
         )
         try:

@@ -62,8 +62,11 @@ class ServingSettings(BaseSettings):
     max_concurrent_requests: int = Field(default=64, ge=1, description="Scoring requests in flight before 429.")
     request_timeout_seconds: float = Field(default=30.0, gt=0, description="Scoring time limit per request (then 503).")
     online_workers: int = Field(default=4, ge=1, description="Feature table sets for inline profiles (in-process engines).")
+    batch_lanes: int = Field(
+        default=1, ge=1, le=8, description="/v1/score batches in flight at once (one computing features, others scoring)."
+    )
     batch_wait_ms: float = Field(
-        default=5.0, ge=0, description="Longest wait for more /v1/score requests to batch with one (see MicroBatcher)."
+        default=8.0, ge=0, description="Longest wait for more /v1/score requests to batch with one (see MicroBatcher)."
     )
     online_parallelism: int = Field(
         default=2, ge=1, description="DuckDB connections running one batch's feature statements side by side."

@@ -140,22 +140,25 @@ def _is_numeric_dtype(dtype: Any) -> bool:
 
 
 @functools.lru_cache(maxsize=256)
-def _category_lookup(categories: tuple[str, ...]) -> tuple[pd.Index, dict[str, int]]:
-    """The fitted categories as an index and a dict to look codes up in (built once per column)."""
-    return pd.Index(list(categories), dtype="object"), {value: code for code, value in enumerate(categories)}
+def _category_lookup(categories: tuple[str, ...]) -> dict[str, int]:
+    """The fitted categories' codes by value (built once per column)."""
+    return {value: code for code, value in enumerate(categories)}
 
 
-#: Up to this many rows, category codes come from a dict (pandas' indexer costs more to set up).
-_SMALL_LOOKUP_ROWS = 256
+#: Up to this many rows (an API request's customers), `_matrix` works row-wise in Python
+#: and on the whole numeric block at once; above it (batch scoring), column by column
+#: with pandas' vectorised conversions. Both give the same matrix (tested).
+_SMALL_ROWS = 256
 
 
-def _category_codes(values: np.ndarray, categories: tuple[str, ...]) -> np.ndarray:
+def _category_codes(column: pd.Series, categories: tuple[str, ...], small: bool) -> np.ndarray:
     """Code of each value among the categories as floats; NaN when missing, unseen or beyond the cap."""
-    index, lookup = _category_lookup(categories)
-    if len(values) <= _SMALL_LOOKUP_ROWS:
-        codes = np.array([lookup.get(v, -1) if isinstance(v, str) else -1 for v in values], dtype=np.int64)
+    values = _as_strings(column)
+    if small:
+        lookup = _category_lookup(categories)
+        codes = np.array([lookup.get(v, -1) if isinstance(v, str) else -1 for v in values.to_numpy(dtype=object)], dtype=np.int64)
     else:
-        codes = index.get_indexer(values)
+        codes = pd.Categorical(values.where(values.isin(categories)), categories=list(categories)).codes
     return np.where(codes < 0, np.nan, codes)
 
 
@@ -356,13 +359,17 @@ class PropensityModel(ClassifierMixin, BaseEstimator):
         self._check_input(X)
         matrix = np.empty((len(X), len(self.feature_columns_)), dtype="float64")
         dtypes = dict(zip(X.columns, X.dtypes, strict=True))
+        small = len(X) <= _SMALL_ROWS
         numeric: list[int] = []
         bad: list[str] = []
         for j, name in enumerate(self.feature_columns_):
             if name in self.categories_:
-                matrix[:, j] = _category_codes(_as_strings(X[name]).to_numpy(dtype=object), tuple(self.categories_[name]))
+                matrix[:, j] = _category_codes(X[name], tuple(self.categories_[name]), small)
             elif _is_numeric_dtype(dtypes[name]):  # booleans included: 0/1
-                numeric.append(j)
+                if small:
+                    numeric.append(j)
+                else:
+                    matrix[:, j] = X[name].to_numpy(dtype="float64", na_value=np.nan)
             else:
                 column = X[name]
                 parsed = pd.to_numeric(column, errors="coerce")

@@ -42,9 +42,10 @@ class Recorder:
         return [f"scored {r.name}" for r in requests]
 
 
-def test_concurrent_requests_go_into_one_batch_in_order() -> None:
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_concurrent_requests_go_into_one_batch_in_order(lanes: int) -> None:
     recorder = Recorder()
-    batcher = MicroBatcher(recorder.prepare, recorder.finish, max_customers=100, max_wait=0.05)
+    batcher = MicroBatcher(recorder.prepare, recorder.finish, max_customers=100, lanes=lanes, max_wait=0.05)
 
     async def main() -> list[Any]:
         return await asyncio.gather(*(batcher.submit(FakeRequest(f"r{i}")) for i in range(5)))
@@ -111,3 +112,29 @@ def test_a_failed_batch_fails_its_callers_only() -> None:
         assert await batcher.submit(FakeRequest("good")) == "scored good"  # the lanes keep serving
 
     asyncio.run(main())
+
+
+def test_two_lanes_prepare_the_next_batch_while_one_is_finished() -> None:
+    """With two lanes the second batch's features start before the first batch is scored."""
+    events: list[str] = []
+
+    def prepare(requests: list[FakeRequest]) -> list[FakeRequest]:
+        events.append(f"prepare {requests[0].name}")
+        return requests
+
+    def finish(requests: list[FakeRequest]) -> list[str]:
+        events.append(f"finish {requests[0].name} starts")
+        time.sleep(0.1)
+        events.append(f"finish {requests[0].name} ends")
+        return [r.name for r in requests]
+
+    batcher = MicroBatcher(prepare, finish, max_customers=100, lanes=2, max_wait=0.0)
+
+    async def main() -> list[str]:
+        first = asyncio.ensure_future(batcher.submit(FakeRequest("a")))
+        await asyncio.sleep(0.05)  # batch "a" is being finished
+        second = asyncio.ensure_future(batcher.submit(FakeRequest("b")))
+        return list(await asyncio.gather(first, second))
+
+    assert asyncio.run(main()) == ["a", "b"]
+    assert events.index("prepare b") < events.index("finish a ends")

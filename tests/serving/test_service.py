@@ -166,9 +166,35 @@ def test_failed_reload_keeps_the_old_models(client: TestClient, customer: dict[s
     assert failed.status_code == 409 and "still serving the previous models" in failed.json()["error"]
     assert client.get("/readyz").status_code == 200
     assert client.post("/v1/score", json=body(customer), headers=AUTH).json() == before
+    service = _service(client)
+    previous = service.engine
     reloaded = client.post("/v1/admin/reload", headers=admin)
     assert reloaded.status_code == 200 and reloaded.json()["reloaded"] is True
     assert client.post("/v1/score", json=body(customer), headers=AUTH).json() == before
+    assert service.engine is not previous and previous.builder._closed  # the old feature process is stopped
+    assert service.engine.builder.pid is not None and service.engine.builder.pid != previous.builder.pid
+
+
+def _service(client: TestClient) -> Any:
+    """The running CrmScoring instance behind the test client."""
+    from serving.service import app
+
+    return app.state.service
+
+
+def test_a_feature_failure_is_a_503_not_a_500(client: TestClient, customer: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.online import OnlineFeatureError
+
+    engine = _service(client).engine
+
+    def broken(requests: Any) -> Any:
+        raise OnlineFeatureError("the feature process stopped (features; exit code -9)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "prepare_batch", broken)
+        response = client.post("/v1/score", json=body(customer), headers=AUTH)
+    assert response.status_code == 503 and "retry" in response.json()["error"]
+    assert client.post("/v1/score", json=body(customer), headers=AUTH).status_code == 200
 
 
 def _free_port() -> int:
