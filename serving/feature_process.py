@@ -39,7 +39,7 @@ import pandas as pd
 import pyarrow as pa
 
 from features.pipeline import FeatureParams
-from serving.online import AttributeColumn, OnlineFeatureError, template_schemas, template_tables
+from serving.online import AttributeColumn, OnlineFeatureError, template_schemas
 
 logger = logging.getLogger("crm_scoring.serving")
 
@@ -60,7 +60,7 @@ class FeatureProcessConfig:
 
 
 class FeatureProcess:
-    """The `OnlineFeatureBuilder` interface (`tables`, `feature_table`, `features`), computed in a child process.
+    """The `OnlineFeatureBuilder` interface (`schemas_`, `feature_table`, `features`), computed in a child process.
 
     Thread-safe: calls take turns on the one pipe (the service computes one batch's
     features at a time anyway). `start_timeout` bounds the child's start-up (compile +
@@ -155,13 +155,9 @@ class FeatureProcess:
 
     # ---- the builder's interface -------------------------------------------------------
 
-    def tables(self, customers: pa.Table, orders: pa.Table, events: pa.Table) -> dict[str, pa.Table]:
-        """The three tables with the template tables' columns and types."""
-        return template_tables(self.schemas_, customers, orders, events)
-
     def feature_table(self, customers: pa.Table, orders: pa.Table, events: pa.Table, as_of: datetime) -> pa.Table:
         """The feature table as Arrow, typed as the full feature expression (computed in the child)."""
-        tables = self.tables(customers, orders, events)
+        tables = {"customers": customers, "orders": orders, "events": events}  # the child types them
         with self._lock:
             if self._closed:
                 raise FeatureProcessClosedError("the feature process was closed (the models were reloaded)")

@@ -300,7 +300,6 @@ class _Worker:
             self.loader.unregister("_crm_empty")
         sqls = [self._own_tables(s.sql) for s in statements]
         self.connections = [_Connection(database, [(i, sqls[i]) for i in group], cache_size) for group in groups]
-        self.count = len(statements)
 
     def _own_tables(self, sql: str) -> str:
         if _COMPILED_SCHEMA not in sql:
@@ -317,8 +316,6 @@ class _Worker:
 
     def run(self, tables: dict[str, pa.Table], as_of: datetime, pool: ThreadPoolExecutor | None) -> pa.Table:
         """The family statements on these rows, side by side on the worker's connections."""
-        for connection in self.connections:
-            connection._names(as_of)  # a first as_of is prepared before the rows change
         self.load(tables)
         results: list[tuple[int, pa.Table]] = []
         if pool is None or len(self.connections) == 1:
@@ -386,6 +383,8 @@ class OnlineFeatureBuilder:
                 best = min(best, time.perf_counter() - started)
             connection.con.execute("DEALLOCATE PREPARE crm_cost")
             costs.append(best)
+        # Before any worker prepares: dropping a schema later would make them re-plan.
+        probe.loader.execute(f'DROP SCHEMA "{probe.schema}" CASCADE')
         return costs
 
     @contextmanager

@@ -403,7 +403,7 @@ class PropensityModel(ClassifierMixin, BaseEstimator):
         """n x 2 array: P(negative), P(positive) (calibrated)."""
         if not hasattr(self, "calibrator_"):
             raise NotFittedError("This PropensityModel is not fitted yet: call fit() first.")
-        p = np.clip(self.calibrator_.predict(self._margin(X)), 0.0, 1.0)
+        p = self._probability(self._matrix(X))
         return np.column_stack([1.0 - p, p])
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
@@ -435,8 +435,11 @@ class PropensityModel(ClassifierMixin, BaseEstimator):
         if not hasattr(self, "calibrator_"):
             raise NotFittedError("This PropensityModel is not fitted yet: call fit() first.")
         matrix = self._matrix(X)
-        probability = np.clip(self.calibrator_.predict(self._booster_predict(matrix, raw_score=True)), 0.0, 1.0)
-        return probability, self._reasons(X, matrix, top_k)
+        return self._probability(matrix), self._reasons(X, matrix, top_k)
+
+    def _probability(self, matrix: np.ndarray) -> np.ndarray:
+        """The calibrated positive-class probability of each row of the matrix."""
+        return np.clip(self.calibrator_.predict(self._booster_predict(matrix, raw_score=True)), 0.0, 1.0)
 
     @staticmethod
     def _check_top_k(top_k: int) -> None:
