@@ -42,6 +42,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 
+from serving import bentoml_fixes
 from serving.schemas import ModelsResponse, ScoreByIdRequest, ScoreByIdResponse, ScoreRequest, ScoreResponse
 from serving.settings import ServingSettings
 
@@ -237,6 +238,10 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
     # Field path and message only: echoing inputs back would copy personal data into proxies' logs.
     detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
     return JSONResponse({"error": "invalid request", "detail": jsonable_encoder(detail)}, status_code=422)
+
+
+# Before BentoML assembles the app's middleware (see serving.bentoml_fixes).
+bentoml_fixes.install()
 
 
 @bentoml.service(name="crm_scoring", workers=1, traffic={"timeout": 60})
