@@ -191,6 +191,7 @@ class ScoringEngine:
         problems: list[tuple[tuple[str | int, ...], str]] = []
         seen: dict[str, int] = {}
         order_ids: dict[str, tuple[int, int]] = {}
+        event_rows: dict[str, int] = {}  # event_id -> its row among event_cols
         attributes = self.builder.attributes
         by_name = {a.name: a for a in attributes}
         customer_cols: dict[str, list[Any]] = {"customer_id": [], "created_at": [], **{a.name: [] for a in attributes}}
@@ -232,11 +233,19 @@ class ScoringEngine:
                 order_cols["category"].append(order.category)
                 order_cols["currency"].append(order.currency)
             for event in customer.events:
-                event_cols["customer_id"].append(namespace + cid)
-                event_cols["occurred_at"].append(event.occurred_at)
-                event_cols["event_type"].append(event.event_type)
-                event_cols["event_id"].append(event.event_id)
-                event_cols["channel"].append(event.channel)
+                row = (namespace + cid, event.occurred_at, event.event_type, event.event_id, event.channel)
+                if event.event_id is not None:
+                    # Repeated deliveries of one event count once, the earliest copy as in
+                    # batch validation (`features.validation._dedupe_events`).
+                    earlier = event_rows.get(event.event_id)
+                    if earlier is not None:
+                        if (event.occurred_at, event.event_type) < (event_cols["occurred_at"][earlier], event_cols["event_type"][earlier]):
+                            for name, value in zip(event_cols, row, strict=True):
+                                event_cols[name][earlier] = value
+                        continue
+                    event_rows[event.event_id] = len(event_cols["customer_id"])
+                for name, value in zip(event_cols, row, strict=True):
+                    event_cols[name].append(value)
         if problems:
             raise InputError(problems)
         schemas = self.builder.schemas_

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pytest
 
 from serving.engine import ScoringEngine, build_engine
@@ -93,6 +95,29 @@ def test_irrelevant_changes_keep_the_online_score(engine: ScoringEngine, snapsho
     requests = [ScoreRequest.model_validate({"as_of": f"{AS_OF}T00:00:00Z", "customers": [c]}) for c in (base, changed)]
     first, second = (engine.score_inline(r)[0] for r in requests)
     assert first["predictions"]["churn"]["probability"] == pytest.approx(second["predictions"]["churn"]["probability"], abs=1e-12)
+
+
+def test_a_repeated_event_counts_once_as_in_batch(engine: ScoringEngine, snapshot: pd.DataFrame, trained_project: TrainedProject) -> None:
+    # At-least-once pipelines deliver an event twice; batch validation keeps the earliest
+    # copy of each event_id, so must /v1/score.
+    cid = next(c for c in snapshot[snapshot.churn_probability.notna()].index if len(inline_customers(trained_project.profile, [c])[0]["events"]) >= 3)
+    base = inline_customers(trained_project.profile, [cid])[0]
+    events = base["events"]
+    assert all("event_id" in e for e in events)
+    latest = max(e["occurred_at"] for e in events)
+    assert latest > events[0]["occurred_at"]
+    later_copy = {**events[0], "occurred_at": latest, "event_type": "complaint"}
+    repeated = {**base, "events": [later_copy, *events, events[1], events[1]]}
+    request = lambda customer: ScoreRequest.model_validate({"as_of": f"{AS_OF}T00:00:00Z", "customers": [customer]})  # noqa: E731
+    expected = engine.score_inline(request(base))
+    assert engine.score_inline(request(repeated)) == expected
+    _, _, kept = engine._tables(request(repeated).customers)
+    assert kept.num_rows == len(events) and kept.column("event_id").to_pylist().count(events[0]["event_id"]) == 1
+    first = kept.filter(pa.compute.equal(kept.column("event_id"), events[0]["event_id"])).to_pylist()[0]
+    assert first["event_type"] == events[0]["event_type"]  # the earlier copy is kept, wherever it came in the list
+    without_ids = {**base, "events": [{k: v for k, v in e.items() if k != "event_id"} for e in [*events, events[1]]]}
+    assert engine._tables(request(without_ids).customers)[2].num_rows == len(events) + 1  # no id: another event
+    assert expected[0]["predictions"]["churn"]["probability"] == pytest.approx(snapshot.loc[cid, "churn_probability"], abs=1e-9)
 
 
 def test_micro_batched_requests_equal_separate_ones(engine: ScoringEngine, snapshot: pd.DataFrame, trained_project: TrainedProject) -> None:
