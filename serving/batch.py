@@ -6,7 +6,9 @@
 2. build the features at as_of with the training code (`features.pipeline`);
 3. score with the `champion` models, rank percentiles within this population, evaluate
    the tag rules with the previous run's tags (hysteresis);
-4. diff the tags and segments with the previous run into outbox events;
+4. diff the tags and segments with the previous run into outbox events, unless the run
+   is a back-fill (a run with a later as_of exists): journeys react to the present, and
+   a past day's changes, sent now, would contradict what the later run already said;
 5. write the snapshot (Parquet, temp file then rename) and commit the run and its
    events in one SQLite transaction (`serving.store`).
 
@@ -63,6 +65,7 @@ class BatchResult:
     rerun: bool
     snapshot_path: Path
     previous_run_id: str | None
+    backfill_of: str | None  # the later run that makes this one a back-fill (no events)
     tag_counts: dict[str, dict[str, int]]
     segment_counts: dict[str, int]
     models: dict[str, str]
@@ -160,6 +163,8 @@ def score_profile(
     previous = (
         store.get_run(existing.parent_run_id) if existing and existing.parent_run_id else None
     ) if existing else store.previous_run(as_of, exclude_run_id=run_id)
+    latest = store.latest_run()
+    later = latest if latest is not None and latest.as_of > as_of else None
     lap("fingerprint")
 
     progress("build features")
@@ -177,11 +182,13 @@ def score_profile(
     scores = score_features(features, models, rules, reference=None, previous_tags=previous_tags, reasons_top_k=0)
     lap("score")
 
-    progress("diff with the previous run")
+    progress("diff with the previous run" if later is None else f"back-fill: a run as of {later.as_of:%Y-%m-%d %H:%M} exists, no events")
     created_at = existing.created_at if existing else datetime.now(UTC).replace(tzinfo=None)
     events = diff_snapshots(
         previous_tags, scores[[KEY, *_tag_columns(list(scores.columns))]], run_id=run_id, as_of=as_of, created_at=created_at, emit_initial=emit_initial
     )
+    if later is not None:
+        events = events.iloc[:0]
     lap("diff")
 
     progress("write the snapshot and commit the run")
@@ -221,6 +228,7 @@ def score_profile(
         rerun=existing is not None,
         snapshot_path=path,
         previous_run_id=previous.run_id if previous else None,
+        backfill_of=later.run_id if later is not None else None,
         tag_counts=tag_counts,
         segment_counts=segment_counts,
         models=models.versions,

@@ -70,6 +70,8 @@ def score(
             table.add_row(f"segment {segment}", "", f"{n:,}")
         out.print(table)
         state = "re-run of an existing run; " if result.rerun else ""
+        if result.backfill_of is not None:
+            state += f"back-fill (run {result.backfill_of} has a later as_of): its changes are not events; "
         out.print(
             f"scored {result.rows:,} profiles as of {result.as_of:%Y-%m-%d %H:%M} with {result.models} in "
             f"{time.perf_counter() - started:.1f} s; {state}{result.new_events:,} new event(s) in the outbox; "
