@@ -4,6 +4,7 @@
                      [--concurrency N] [--wait/--no-wait] [--store DIR]
     triggers export --format jsonl|csv [--pending | --status STATUS] [--store DIR]
     triggers requeue [--store DIR]
+    triggers prune --older-than DAYS [--store DIR]
 
 The rules of delivery (one event per POST, signature, retries, 410, dead letters, waiting)
 are in `serving.delivery`; the event JSON in `serving.events`. Heavy imports stay inside the
@@ -184,3 +185,27 @@ def requeue(store: StoreOption = None) -> None:
         _, score_store = _open_store(store)
         count = score_store.requeue_dead(utc_now())
         out.print(f"{count:,} dead-lettered event(s) back to pending", highlight=False)
+
+
+@triggers_app.command("prune")
+def prune(
+    older_than: Annotated[
+        float, typer.Option("--older-than", min=0, help="Delete events delivered more than this many days ago.")
+    ],
+    store: StoreOption = None,
+) -> None:
+    """Delete delivered events from the outbox (pending and dead-lettered ones are kept)."""
+    with _errors_as_exit():
+        from datetime import timedelta
+
+        from serving.delivery import utc_now
+
+        _, score_store = _open_store(store)
+        cutoff = utc_now() - timedelta(days=older_than)
+        count = score_store.prune_delivered(cutoff)
+        counts = score_store.event_counts()
+        out.print(
+            f"{count:,} event(s) delivered before {cutoff:%Y-%m-%d %H:%M} UTC deleted; "
+            f"{counts['pending']:,} pending, {counts['delivered']:,} delivered, {counts['dead']:,} dead left",
+            highlight=False,
+        )

@@ -339,8 +339,9 @@ class ScoreStore:
 
         The run's snapshot must already be in place (`write_snapshot`): a committed run always
         has one. Committing a run that exists keeps its original ``created_at`` and parent and
-        inserts only events it does not have yet (normally none); existing events keep their
-        delivery state. ``run.events_created`` is ignored: the store counts.
+        inserts no event: its events were committed with it, and those missing now were
+        pruned after delivery (`prune_delivered`) and must not be sent again. Existing events
+        keep their delivery state. ``run.events_created`` is ignored: the store counts.
         """
         self._check_run_id(run.run_id)
         if not self.snapshot_path(run.run_id).exists():
@@ -368,7 +369,8 @@ class ScoreStore:
         rows = self._event_rows(events)
         with self._write(synchronous_full=True) as conn:
             before = conn.total_changes
-            if len(events):
+            known = conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run.run_id,)).fetchone() is not None
+            if len(events) and not known:
                 conn.executemany(statement, rows)
             inserted = conn.total_changes - before
             conn.execute(
@@ -522,6 +524,21 @@ class ScoreStore:
             cursor = conn.execute(
                 "UPDATE events SET status = 'pending', attempts = 0, next_attempt_at = ? WHERE status = 'dead'",
                 (format_timestamp(now),),
+            )
+            return int(cursor.rowcount)
+
+    def prune_delivered(self, delivered_before: datetime) -> int:
+        """Delete delivered events delivered before the instant; returns how many.
+
+        Pending and dead-lettered events are never pruned. A run keeps its record, so a
+        re-run of it does not bring its pruned events back (`commit_run` inserts events only
+        for a new run).
+        """
+        if not self.exists():
+            return 0
+        with self._write() as conn:
+            cursor = conn.execute(
+                "DELETE FROM events WHERE status = 'delivered' AND delivered_at < ?", (format_timestamp(delivered_before),)
             )
             return int(cursor.rowcount)
 

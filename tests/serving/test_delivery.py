@@ -246,6 +246,15 @@ def test_always_failing_receiver_dead_letters_after_max_attempts(tmp_path: Path,
     assert result.exit_code == 0, result.output
     assert store.event_counts() == {"pending": 0, "delivered": 6, "dead": 0}
 
+    # Delivered events can be pruned; a young one is kept until it is old enough.
+    kept = runner.invoke(app, ["triggers", "prune", "--older-than", "1", "--store", str(tmp_path)])
+    assert kept.exit_code == 0 and "0 event(s) delivered before" in kept.output, kept.output
+    pruned = runner.invoke(app, ["triggers", "prune", "--older-than", "0", "--store", str(tmp_path)])
+    assert pruned.exit_code == 0 and "6 event(s) delivered before" in pruned.output, pruned.output
+    assert store.event_counts() == {"pending": 0, "delivered": 0, "dead": 0}
+    refused = runner.invoke(app, ["triggers", "prune", "--older-than", "-1", "--store", str(tmp_path)])
+    assert refused.exit_code == 2 and "older-than" in refused.output
+
 
 def test_410_gone_stops_the_run_and_keeps_events_pending(tmp_path: Path) -> None:
     store = make_store(tmp_path, customers=4)

@@ -317,3 +317,25 @@ def test_the_database_is_in_wal_mode(tmp_path: Path) -> None:
     store.commit_run(record("run_1", DAY1, None, 1), diff_snapshots(None, snapshot({"a": "low"}), run_id="run_1", as_of=DAY1, created_at=DAY1))
     with sqlite3.connect(tmp_path / "scores.sqlite") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_pruning_deletes_only_old_delivered_events_and_a_rerun_does_not_bring_them_back(tmp_path: Path) -> None:
+    store = ScoreStore(tmp_path)
+    assert ScoreStore(tmp_path / "none").prune_delivered(DAY3) == 0
+    run_batch(store, "run_1", DAY1, snapshot({"a": "low", "b": "low"}))
+    current = snapshot({"a": "high", "b": "high", "c": "low"})
+    assert run_batch(store, "run_2", DAY2, current) == 7
+    old, young, failing, dead, *_ = [e["id"] for e in store.iter_events()]
+    store.mark_delivered(old, DAY2)
+    store.mark_delivered(young, DAY3)
+    store.record_failure(failing, "HTTP 500", DAY2)
+    store.dead_letter(dead, "HTTP 500")
+    assert store.prune_delivered(DAY2) == 0  # strictly before
+    assert store.prune_delivered(DAY2 + timedelta(hours=1)) == 1
+    assert store.get_event(old) is None and store.get_event(young)["status"] == "delivered"  # type: ignore[index]
+    assert store.event_counts() == {"pending": 4, "delivered": 1, "dead": 1}
+    # The same run again: its events were committed with it; the pruned one stays gone.
+    events = diff_snapshots(store.read_snapshot("run_1"), current, run_id="run_2", as_of=DAY2, created_at=DAY3)
+    assert len(events) == 7 and old in set(events["id"])
+    assert store.commit_run(record("run_2", DAY2, "run_1", 3), events) == 0
+    assert store.get_event(old) is None and store.event_counts() == {"pending": 4, "delivered": 1, "dead": 1}
