@@ -55,7 +55,7 @@ import pyarrow as pa
 
 from features.backend import connect
 from features.errors import CrmScoringError
-from features.families.attributes import ATTRIBUTE_PREFIX
+from features.families.attributes import AGE_SUFFIX, ATTRIBUTE_PREFIX
 from features.pipeline import KEY, FeatureParams, build_features, family_names
 from features.profile import Profile
 from features.schema import CUSTOMERS, EVENTS, ORDERS, arrow_schema
@@ -69,7 +69,6 @@ _COMPILED_SCHEMA = '"temp"."main".'
 #: Placeholder of the as_of instant in the compiled statement.
 PARAMETER = "CAST($1 AS TIMESTAMP)"
 _SENTINELS = (datetime(2999, 12, 31, 23, 59, 59, 123456), datetime(2998, 11, 30, 22, 58, 58, 654321))
-_AGE_SUFFIX = "_age_days"
 
 #: Optimizers that build the plan from table statistics (min/max, null flags, sizes of a
 #: string): off in the online database so a prepared plan stays valid whatever rows the
@@ -120,8 +119,8 @@ def attribute_columns_for(input_types: dict[str, str]) -> tuple[AttributeColumn,
         if not feature.startswith(ATTRIBUTE_PREFIX):
             continue
         name = feature[len(ATTRIBUTE_PREFIX) :]
-        if name.endswith(_AGE_SUFFIX) and kind in ("double", "float"):
-            columns[name[: -len(_AGE_SUFFIX)]] = AttributeColumn(name[: -len(_AGE_SUFFIX)], pa.timestamp("us"))
+        if name.endswith(AGE_SUFFIX) and kind in ("double", "float"):
+            columns[name[: -len(AGE_SUFFIX)]] = AttributeColumn(name[: -len(AGE_SUFFIX)], pa.timestamp("us"))
             continue
         arrow = _ARROW_OF_SIGNATURE.get(kind)
         if arrow is None:

@@ -68,6 +68,10 @@ class AttributeFeature:
     kind: AttributeKind
 
 
+#: The suffix of a timestamp attribute's feature (`attr_<name>_age_days`).
+AGE_SUFFIX = "_age_days"
+
+
 def normalise_name(name: str) -> str:
     """Lower case, runs of other characters -> `_` (used for feature names and PII matching)."""
     return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
@@ -100,7 +104,16 @@ def attribute_plan(profile: Profile, params: AttributeParams = AttributeParams()
         if safe in hidden:
             continue
         kind = _kind_of(source, schema[source])
-        suffix = "_age_days" if kind == "age_days" else ""
+        if kind != "age_days" and safe.endswith(AGE_SUFFIX):
+            # Online scoring reads a float `attr_<x>_age_days` feature as the age of a
+            # timestamp attribute `<x>` (a model's signature keeps no more): a number of that
+            # name would be fed from the wrong request field.
+            raise ValueError(
+                f"customers.{source} is {schema[source]}, but feature names ending in {AGE_SUFFIX} are the ages of "
+                f"timestamp attributes; rename the column (say, to {safe[: -len(AGE_SUFFIX)]}_age) or add it to "
+                "AttributeParams.exclude_columns"
+            )
+        suffix = AGE_SUFFIX if kind == "age_days" else ""
         plan.append(AttributeFeature(source, f"{ATTRIBUTE_PREFIX}{safe or 'unnamed'}{suffix}", kind))
     clashes = sorted(c for c, n in Counter(f.column for f in plan).items() if n > 1)
     if clashes:

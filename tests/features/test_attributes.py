@@ -117,6 +117,18 @@ def test_exclude_columns_and_clashing_names(con):
         attribute_features(profile, AS_OF)
 
 
+@pytest.mark.parametrize("values", [[1.5, 2.0, None], [1, 2, 3], ["a", "b", "c"], [True, False, True]])
+def test_only_a_timestamp_may_give_an_age_days_feature(con, values):
+    # Online scoring takes a float attr_<x>_age_days feature for the age of timestamp <x>.
+    frame = customer_frame(**{"Account Age Days": values})
+    profile = profile_from_frames(con, frame, ORDERS).profile
+    with pytest.raises(ValueError, match=r"customers.Account Age Days is .* rename the column \(say, to account_age\)"):
+        attribute_features(profile, AS_OF)
+    assert attribute_features(profile, AS_OF, AttributeParams(exclude_columns=("account_age_days",))).columns == ("customer_id",)
+    stamped = customer_frame(account=[datetime(2025, 1, 1), None, datetime(2025, 6, 1)])
+    assert "attr_account_age_days" in attribute_features(profile_from_frames(con, stamped, ORDERS).profile, AS_OF).columns
+
+
 def test_timezone_aware_timestamps_are_read_in_utc(con):
     # Built in pyarrow: pandas 3.1 warns when pyarrow converts zone-aware columns.
     instants = [datetime(2025, 6, 30, 20), datetime(2025, 6, 29, 12), None]  # UTC
