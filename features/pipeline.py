@@ -81,20 +81,23 @@ def _selected_families(families: Sequence[str] | None) -> tuple[FeatureFamily, .
     return tuple(f for f in FAMILIES if f.name in wanted)
 
 
-def build_features(
+def family_tables(
     profile: Profile,
     as_of: datetime,
     params: FeatureParams = FeatureParams(),
     families: Sequence[str] | None = None,
-) -> ibis.Table:
-    """The feature table at `as_of` (an Ibis expression; nothing runs until it is executed).
+) -> tuple[tuple[str, ibis.Table], ...]:
+    """(family name, table) for each selected family, in registry order: `customer_id` and
+    the columns the feature table takes from that family (a shared column from its first
+    family only). Each table has one row per eligible customer, in no particular order.
 
-    families: names from `family_names()`; None means all. Raises ValueError for an
-    unknown family or when two families produce a column of the same name that is not
-    in `SHARED_COLUMNS`.
+    `build_features` joins these onto the eligible customers; online scoring runs them as
+    separate statements and puts the columns together itself (`serving.online`).
+    Raises ValueError for an unknown family or when two families produce a column of the
+    same name that is not in `SHARED_COLUMNS`.
     """
-    table = eligible_customers(profile, as_of).select(KEY)
     owner: dict[str, str] = {}
+    tables = []
     for family in _selected_families(families):
         part = family.build(profile, as_of, getattr(params, family.name))
         clashes = [c for c in part.columns if c in owner and c not in SHARED_COLUMNS]
@@ -105,9 +108,26 @@ def build_features(
             )
         new_columns = [c for c in part.columns if c != KEY and c not in owner]
         owner.update({c: family.name for c in new_columns})
+        tables.append((family.name, part.select(KEY, *new_columns)))
+    return tuple(tables)
+
+
+def build_features(
+    profile: Profile,
+    as_of: datetime,
+    params: FeatureParams = FeatureParams(),
+    families: Sequence[str] | None = None,
+) -> ibis.Table:
+    """The feature table at `as_of` (an Ibis expression; nothing runs until it is executed).
+
+    families: names from `family_names()`; None means all. Raises ValueError as
+    `family_tables` does.
+    """
+    table = eligible_customers(profile, as_of).select(KEY)
+    for _, part in family_tables(profile, as_of, params, families):
         # Every family already has one row per eligible customer; the left join keeps
         # the row set exactly that of `eligible_customers` even if one did not.
-        right = part.select(_family_key=part[KEY], *new_columns)
+        right = part.select(*[c for c in part.columns if c != KEY], _family_key=part[KEY])
         table = table.left_join(right, table[KEY] == right._family_key).drop("_family_key")
     return table.order_by(KEY)
 

@@ -25,6 +25,7 @@ the call that saw it fail raises `OnlineFeatureError`.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import subprocess
@@ -39,7 +40,7 @@ import pandas as pd
 import pyarrow as pa
 
 from features.pipeline import FeatureParams
-from serving.online import AttributeColumn, OnlineFeatureError, template_schemas
+from serving.online import AttributeColumn, OnlineFeatureError, feature_frame, template_schemas
 
 logger = logging.getLogger("crm_scoring.serving")
 
@@ -180,7 +181,7 @@ class FeatureProcess:
 
     def features(self, customers: pa.Table, orders: pa.Table, events: pa.Table, as_of: datetime) -> pd.DataFrame:
         """One row per customer created before as_of, ordered by customer_id (as in batch)."""
-        return self.feature_table(customers, orders, events, as_of).to_pandas()
+        return feature_frame(self.feature_table(customers, orders, events, as_of))
 
 
 def _to_ipc(table: pa.Table) -> bytes:
@@ -214,6 +215,8 @@ def _serve(requests: Connection, answers: Connection) -> None:
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
         answers.send(("failed", f"{type(exc).__name__}: {exc}".splitlines()[0]))
         return
+    # Ibis and the compiled expressions stay for the process's life: keep collections off them.
+    gc.freeze()
     answers.send(("ready", builder.result_schema_))
     while True:
         try:

@@ -21,6 +21,7 @@ from features.pipeline import (
     build_features,
     categorical_feature_columns,
     family_names,
+    family_tables,
     feature_columns,
 )
 from features.validation import profile_from_frames
@@ -99,6 +100,18 @@ def test_every_family_is_joined_in_registry_order(profile):
         expected += [c for c in alone.columns if c not in expected]
     assert list(table.columns) == expected
     assert feature_columns(table) == tuple(expected[1:])
+
+
+def test_each_family_table_holds_every_eligible_customer_once(profile):
+    # Online scoring runs the family tables without build_features' join onto the eligible
+    # customers, so each must already have exactly those rows.
+    tables = family_tables(profile, AS_OF)
+    assert [name for name, _ in tables] == list(family_names())
+    columns = [KEY]
+    for name, table in tables:
+        assert sorted(table.to_pandas()[KEY]) == eligible_ids(), name
+        columns += [c for c in table.columns if c != KEY]
+    assert columns == list(build_features(profile, AS_OF).columns)
 
 
 def test_column_order_does_not_depend_on_how_families_are_named(profile):
