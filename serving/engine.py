@@ -31,9 +31,9 @@ from serving.models import ModelSet, load_model_set
 from serving.feature_process import FeatureProcess, FeatureProcessConfig
 from serving.online import AttributeColumn, OnlineFeatureBuilder, attribute_columns_for
 from serving.schemas import CustomerIn, ScoreRequest, now_utc, utc_naive
-from serving.scoring import KEY, PERCENTILE_OF, PercentileReference, add_reasons, not_eligible_result, records, render_result, score_features
+from serving.scoring import KEY, PERCENTILE_OF, PercentileReference, add_reasons, not_eligible_result, render_result, score_records
 from serving.store import RunRecord, ScoreStore
-from serving.tags import TagRules, load_tag_rules
+from serving.tags import TAG_COLUMN_PREFIX, AlignedPreviousTags, TagRules, load_tag_rules
 
 
 #: Joins a request's private prefix to its ids inside a micro-batch (not a valid id character in practice).
@@ -63,19 +63,20 @@ class SnapshotView:
     tag_index: pd.Index | None = None
     tag_values: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def previous_tags(self, customer_ids: list[str], keys: list[str] | None = None) -> pd.DataFrame | None:
-        """Tag/segment rows of these customers (those present), as `evaluate_tags` expects them.
-
-        keys: the ids to give the rows instead (the namespaced ids of a micro-batch), one
-        per customer id.
-        """
+    def previous_tags(self, customer_ids: list[str]) -> AlignedPreviousTags | None:
+        """The tag values of these customers, one per id (None where the snapshot lacks the
+        customer), as hysteresis reads them."""
         if self.tag_index is None:
             return None
         positions = self.tag_index.get_indexer(customer_ids)
         present = positions >= 0
-        ids = np.asarray(keys if keys is not None else customer_ids, dtype=object)[present]
         rows = positions[present]
-        return pd.DataFrame({KEY: ids, **{column: values[rows] for column, values in self.tag_values.items()}})
+        values: dict[str, np.ndarray] = {}
+        for column, snapshot_values in self.tag_values.items():
+            if column.startswith(TAG_COLUMN_PREFIX):  # segments hold no hysteresis state
+                values[column] = np.full(len(customer_ids), None, dtype=object)
+                values[column][present] = snapshot_values[rows]
+        return AlignedPreviousTags(values)
 
     def rows(self, customer_ids: list[str], columns: list[str] | None = None, path: Path | None = None) -> pd.DataFrame:
         wanted = ", ".join(f'"{c}"' for c in columns) if columns else "*"
@@ -255,8 +256,8 @@ class ScoringEngine:
             pa.table(event_cols, schema=schemas["events"]),
         )
 
-    def _previous_tags(self, customer_ids: list[str], keys: list[str] | None = None) -> pd.DataFrame | None:
-        return self.snapshot.previous_tags(customer_ids, keys) if self.snapshot is not None else None
+    def _previous_tags(self, customer_ids: list[str]) -> AlignedPreviousTags | None:
+        return self.snapshot.previous_tags(customer_ids) if self.snapshot is not None else None
 
     def score_inline(self, request: ScoreRequest) -> list[dict[str, Any]]:
         """The output contract for each customer of one request (in request order)."""
@@ -317,15 +318,15 @@ class ScoringEngine:
             return {}
         keys = features[KEY].astype(str).tolist()
         originals = [key.split(_NAMESPACE_SEPARATOR, 1)[-1] for key in keys]
-        scores = score_features(
+        rows = score_records(
             features,
             self.models,
             self.rules,
             reference=self.snapshot.reference if self.snapshot else None,
-            previous_tags=self._previous_tags(originals, keys),
+            previous_tags=self._previous_tags(originals),
         )
         by_key: dict[str, dict[str, Any]] = {}
-        for key, original, row in zip(keys, originals, records(scores), strict=True):
+        for key, original, row in zip(keys, originals, rows, strict=True):
             row[KEY] = original
             by_key[key] = render_result(row, self.models, self.rules, as_of)
         return by_key

@@ -9,6 +9,7 @@ the `champion` alias pointed at when loading started.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,9 @@ class ServedModel:
     #: MLflow signature type per feature column ('double', 'long', 'integer', 'string', 'boolean').
     input_types: dict[str, str]
     predict_frame: Callable[[pd.DataFrame], pd.DataFrame]
+    #: `predict_frame`'s output columns as float64 arrays without building frames (the
+    #: model's own `predict_values`, what scoring calls); it selects its feature columns itself.
+    predict_values: Callable[[pd.DataFrame], dict[str, np.ndarray]]
     explain: Callable[[pd.DataFrame, int], list[list[dict[str, Any]]]] | None = None
     #: Classifiers: (probability, reasons) from one encoding of the rows, what
     #: `predict_frame` + `explain` give separately (the model's `predict_with_reasons`).
@@ -127,11 +131,26 @@ def served_model(champion: Any, threads: int | None = None) -> ServedModel:
         feature_columns=tuple(wrapper.feature_columns),
         input_types=_input_types(champion.model),
         predict_frame=wrapper.predict_frame,
+        predict_values=_predict_values(wrapper, inner, ltv_model),
         # The classifier selects its feature columns by name itself: no column subset to copy.
         explain=explain if callable(explain) else None,
         predict_with_reasons=together if callable(together) else None,
         clv_horizon_days=getattr(ltv_model, "horizon_days", None),
     )
+
+
+def _predict_values(wrapper: Any, inner: Any, ltv_model: Any) -> Callable[[pd.DataFrame], dict[str, np.ndarray]]:
+    """The model's own `predict_values` (customer_ltv's is on the CustomerLtvModel its serving
+    wrapper holds); for a model with only the pyfunc contract, its `predict_frame` columns."""
+    for model in (inner, ltv_model):
+        method = getattr(model, "predict_values", None)
+        if callable(method):
+            return method
+    return functools.partial(_frame_values, wrapper.predict_frame)
+
+
+def _frame_values(predict_frame: Callable[[pd.DataFrame], pd.DataFrame], features: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {str(name): column.to_numpy(dtype="float64") for name, column in predict_frame(features).items()}
 
 
 def load_model_set(

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from serving.models import PREDICTION_OF_MODEL, ModelSet, ServedModel
-from serving.tags import TagRules, evaluate_tags
+from serving.tags import PreviousTiers, TagColumns, TagRules, evaluate_tag_columns, evaluate_tags
 
 KEY = "customer_id"
 
@@ -69,12 +70,12 @@ class PercentileReference:
 
     @classmethod
     def from_scores(cls, scores: pd.DataFrame) -> PercentileReference:
-        ranked = {}
-        for score in PERCENTILE_OF.values():
-            if score in scores.columns:
-                values = scores[score].to_numpy(dtype="float64", na_value=np.nan)
-                ranked[score] = np.sort(values[~np.isnan(values)])
-        return cls(ranked)
+        return cls.from_arrays({score: scores[score].to_numpy(dtype="float64", na_value=np.nan) for score in PERCENTILE_OF.values() if score in scores.columns})
+
+    @classmethod
+    def from_arrays(cls, scores: Mapping[str, np.ndarray]) -> PercentileReference:
+        """From score columns as float arrays (NaN: no score), by score column name."""
+        return cls({score: np.sort(values[~np.isnan(values)]) for score, values in scores.items() if score in PERCENTILE_OF.values()})
 
     def percentile(self, score: str, values: np.ndarray) -> np.ndarray:
         """Share of the reference at or below each value; NaN where the value is NaN or no reference."""
@@ -90,6 +91,54 @@ class PercentileReference:
         return out
 
 
+@dataclass(frozen=True)
+class ScoreColumns:
+    """Score-table columns as arrays, one entry per feature row (same order).
+
+    `score_features` makes the batch's frame of them; the API renders its few rows from
+    them directly (`score_records`): for one request, frames cost more than the scoring.
+    """
+
+    #: customer_id as text (objects), as the frame's first column.
+    keys: np.ndarray
+    #: The rfm family's segment (objects); None when the features have no such column.
+    rfm_segment: np.ndarray | None
+    #: SCORE_COLUMNS, then the PERCENTILE_OF columns once ranked (`with_percentiles`).
+    numbers: dict[str, np.ndarray]
+    #: REASON_COLUMNS: each row's reasons (a list, JSON text in the frame) or None.
+    reasons: dict[str, np.ndarray]
+
+    def with_percentiles(self, reference: PercentileReference | None) -> ScoreColumns:
+        """The `*_percentile` columns against `reference` (None: against these scores themselves)."""
+        return replace(self, numbers={**self.numbers, **_percentiles(self.numbers, reference)})
+
+    def by_name(self) -> dict[str, np.ndarray]:
+        """The score columns the tag rules read, by column name."""
+        return {"rfm_segment": self._rfm_segment(), **self.numbers}
+
+    def frame(self) -> pd.DataFrame:
+        """The score table: customer_id, rfm_segment, scores, reasons (JSON text), percentiles."""
+        texts = {column: pd.Series(_json_texts(values), dtype="object") for column, values in self.reasons.items()}
+        return pd.DataFrame(self._in_table_order(self.rfm_segment if self.rfm_segment is not None else pd.NA, texts))
+
+    def records(self, tags: TagColumns) -> list[dict[str, Any]]:
+        """Each row as a dict of Python values by column name, with its tags and segments:
+        what `render_result` reads (reasons as lists, not JSON text)."""
+        columns = {name: values.tolist() for name, values in self._in_table_order(self._rfm_segment(), self.reasons).items()}
+        columns.update(tags.to_lists())
+        names = list(columns)
+        return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
+    def _rfm_segment(self) -> np.ndarray:
+        return self.rfm_segment if self.rfm_segment is not None else np.full(len(self.keys), None, dtype=object)
+
+    def _in_table_order(self, rfm_segment: Any, reasons: dict[str, Any]) -> dict[str, Any]:
+        """The score table's columns in its order, given the rfm_segment and reason columns."""
+        ranked = {column: self.numbers[column] for column in PERCENTILE_OF if column in self.numbers}
+        scores = {column: values for column, values in self.numbers.items() if column not in ranked}
+        return {KEY: self.keys, "rfm_segment": rfm_segment, **scores, **reasons, **ranked}
+
+
 def _population(features: pd.DataFrame, model: ServedModel, orders: np.ndarray | None = None) -> np.ndarray:
     """Rows the model scores (`orders`: the `orders_count` column as floats, when already read)."""
     if orders is None:
@@ -101,39 +150,59 @@ def _reason_texts(reasons: list[list[dict[str, Any]]]) -> list[str]:
     return [json.dumps(r, separators=(",", ":")) for r in reasons]
 
 
-def predict_scores(features: pd.DataFrame, models: ModelSet, *, reasons_top_k: int = 3) -> pd.DataFrame:
-    """Scores and reasons per feature row (same order); null where a model does not apply.
+def _json_texts(reasons: np.ndarray) -> np.ndarray:
+    """A reasons column (a list or None per row) as JSON text (None stays None)."""
+    texts = np.full(len(reasons), None, dtype=object)
+    rows = np.flatnonzero(pd.notna(reasons))
+    texts[rows] = _reason_texts(reasons[rows].tolist())
+    return texts
 
-    Columns are filled as numpy arrays and the frame is built once at the end: for the
-    one-customer requests of the API, pandas' per-column costs were most of the time.
-    """
+
+def predict_columns(features: pd.DataFrame, models: ModelSet, *, reasons_top_k: int = 3) -> ScoreColumns:
+    """Scores and reasons per feature row (same order); NaN / None where a model does not apply."""
     n = len(features)
     scores = {column: np.full(n, np.nan) for column in SCORE_COLUMNS}
     reasons = {column: np.full(n, None, dtype=object) for column in REASON_COLUMNS.values()}
     orders = features["orders_count"].to_numpy(dtype="float64", na_value=0.0)
+    subsets: dict[bool, pd.DataFrame] = {}  # leads or buyers: churn and LTV score the same rows
     for model in models.models.values():
         rows = np.flatnonzero(_population(features, model, orders))
         if len(rows) == 0:
             continue
-        subset = features if len(rows) == n else features.iloc[rows]
-        if model.name == "customer_ltv":
-            predicted = model.predict_frame(subset)
-            for name in LTV_OUTPUTS:
-                scores[f"ltv_{name}"][rows] = predicted[name].to_numpy(dtype="float64")
-            continue
+        leads = model.name in LEADS_ONLY
+        if leads not in subsets:
+            subsets[leads] = features if len(rows) == n else features.iloc[rows]
+        subset = subsets[leads]
         explained = model.explain is not None and reasons_top_k > 0
+        why = None
         if explained and model.predict_with_reasons is not None:
             probability, why = model.predict_with_reasons(subset, reasons_top_k)
+            outputs = {"probability": probability}
         else:
-            probability = model.predict_frame(subset)["probability"].to_numpy(dtype="float64")
-            why = model.explain(subset, reasons_top_k) if explained and model.explain is not None else None
-        scores[f"{model.prefix}_probability"][rows] = probability
+            outputs = model.predict_values(subset)
+            if explained and model.explain is not None:
+                why = model.explain(subset, reasons_top_k)
+        for name, values in outputs.items():
+            scores[f"{model.prefix}_{name}"][rows] = values
         if why is not None:
-            reasons[REASON_COLUMNS[model.name]][rows] = _reason_texts(why)
-    rfm = features["rfm_segment"].astype("string").to_numpy() if "rfm_segment" in features else pd.NA
-    head = pd.DataFrame({KEY: features[KEY].astype("string").to_numpy(), "rfm_segment": rfm})
-    texts = {column: pd.Series(values, dtype="object") for column, values in reasons.items()}  # JSON text or None
-    return pd.concat([head, pd.DataFrame({**scores, **texts})], axis=1)
+            column = reasons[REASON_COLUMNS[model.name]]
+            for row, items in zip(rows.tolist(), why, strict=True):  # one list per row (numpy would make a 2-D array)
+                column[row] = items
+    rfm = _texts(features["rfm_segment"]) if "rfm_segment" in features else None
+    return ScoreColumns(_texts(features[KEY]), rfm, scores, reasons)
+
+
+def _texts(column: pd.Series) -> np.ndarray:
+    """The values of `column.astype("string")` as objects (str, pd.NA where missing); a text
+    column is read as it is (the conversion costs more than the rest of a small column)."""
+    if pd.api.types.is_string_dtype(column.dtype) and not pd.api.types.is_object_dtype(column.dtype):
+        return column.to_numpy(dtype=object, na_value=pd.NA)
+    return column.astype("string").to_numpy()
+
+
+def predict_scores(features: pd.DataFrame, models: ModelSet, *, reasons_top_k: int = 3) -> pd.DataFrame:
+    """Scores and reasons per feature row (same order); null where a model does not apply."""
+    return predict_columns(features, models, reasons_top_k=reasons_top_k).frame()
 
 
 def add_reasons(scores: pd.DataFrame, features: pd.DataFrame, models: ModelSet, reasons_top_k: int = 3) -> pd.DataFrame:
@@ -158,9 +227,14 @@ def add_reasons(scores: pd.DataFrame, features: pd.DataFrame, models: ModelSet, 
 
 def add_percentiles(scores: pd.DataFrame, reference: PercentileReference | None) -> pd.DataFrame:
     """`*_percentile` columns against `reference` (None: against these scores themselves)."""
-    reference = reference if reference is not None else PercentileReference.from_scores(scores)
-    ranked = {column: reference.percentile(score, scores[score].to_numpy(dtype="float64", na_value=np.nan)) for column, score in PERCENTILE_OF.items()}
+    ranked = _percentiles({score: scores[score].to_numpy(dtype="float64", na_value=np.nan) for score in PERCENTILE_OF.values()}, reference)
     return scores.assign(**ranked)  # a new frame; `scores` is left as it was
+
+
+def _percentiles(scores: Mapping[str, np.ndarray], reference: PercentileReference | None) -> dict[str, np.ndarray]:
+    """Each PERCENTILE_OF column from the float scores it ranks, against `reference` (None: against `scores`)."""
+    reference = reference if reference is not None else PercentileReference.from_arrays(scores)
+    return {column: reference.percentile(score, scores[score]) for column, score in PERCENTILE_OF.items()}
 
 
 def score_features(
@@ -173,15 +247,26 @@ def score_features(
     reasons_top_k: int = 3,
 ) -> pd.DataFrame:
     """The full score table: scores, percentiles, reasons, tags and segments."""
-    scores = add_percentiles(predict_scores(features, models, reasons_top_k=reasons_top_k), reference)
+    scores = predict_columns(features, models, reasons_top_k=reasons_top_k).with_percentiles(reference).frame()
     tags = evaluate_tags(rules, scores, previous_tags)
-    return pd.concat([scores.reset_index(drop=True), tags.iloc[:, 1:].reset_index(drop=True)], axis=1)  # tags without customer_id
+    return pd.concat([scores, tags.iloc[:, 1:]], axis=1)  # tags without customer_id
 
 
-def records(table: pd.DataFrame) -> list[dict[str, Any]]:
-    """The rows as dicts of Python values (what `DataFrame.to_dict(orient="records")` gives, cheaper for a few rows)."""
-    names = [str(c) for c in table.columns]
-    return [dict(zip(names, values, strict=True)) for values in table.to_numpy(dtype=object)]
+def score_records(
+    features: pd.DataFrame,
+    models: ModelSet,
+    rules: TagRules,
+    *,
+    reference: PercentileReference | None,
+    previous_tags: PreviousTiers | None,
+    reasons_top_k: int = 3,
+) -> list[dict[str, Any]]:
+    """`score_features`' rows as dicts of Python values (what `render_result` reads), built
+    without frames: the API's path. Reasons are lists here (JSON text in the table);
+    `previous_tags` are already matched to the feature rows.
+    """
+    scores = predict_columns(features, models, reasons_top_k=reasons_top_k).with_percentiles(reference)
+    return scores.records(evaluate_tag_columns(rules, scores.by_name(), len(scores.keys), previous_tags))
 
 
 # --------------------------------------------------------------------------------------
@@ -200,6 +285,13 @@ def _text(value: Any) -> str | None:
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return None
     return str(value)
+
+
+def _reason_list(value: Any) -> list[dict[str, Any]]:
+    """A row's reasons: a list as scoring made it, or the JSON text of a score table."""
+    if isinstance(value, list):
+        return value
+    return json.loads(value) if isinstance(value, str) else []
 
 
 def _iso(as_of: datetime) -> str:
@@ -253,14 +345,13 @@ def render_result(
             predictions[prediction] = None
             not_applicable[prediction] = NOT_APPLICABLE_REASON[model_name]
             continue
-        reasons_text = row.get(REASON_COLUMNS[model_name])
         predictions[prediction] = {
             "probability": probability,
             "percentile": _number(row.get(f"{model.prefix}_percentile")),
             "tier": tier,
             "model": model.name,
             "version": versions.get(model.name, model.version),
-            "reasons": json.loads(reasons_text) if isinstance(reasons_text, str) else [],
+            "reasons": _reason_list(row.get(REASON_COLUMNS[model_name])),
         }
     result: dict[str, Any] = {
         "customer_id": str(row[KEY]),

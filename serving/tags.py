@@ -56,12 +56,12 @@ import difflib
 import hashlib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -1415,6 +1415,13 @@ class _TagValues:
             arrow = self.text
         return _as_str_array(arrow)
 
+    def to_list(self) -> list[str | None]:
+        """The values as Python strings, None where the row does not have the tag."""
+        if self.codes is not None:
+            return [self.categories[code] if code >= 0 else None for code in self.codes.tolist()]
+        assert self.text is not None
+        return self.text.to_pylist()
+
 
 def _as_str_array(arrow: pa.Array) -> pd.api.extensions.ExtensionArray:
     """Arrow text as pandas' default string dtype (what a snapshot reads back from Parquet)."""
@@ -1428,18 +1435,27 @@ def _text_isin(text: pa.Array, values: tuple[str, ...]) -> np.ndarray:
     return pc.fill_null(pc.is_in(text, value_set=pa.array(values, type=text.type)), False).to_numpy(zero_copy_only=False)
 
 
-class _Frame:
-    """Score columns of the evaluated frame, converted once and shared by every rule."""
+#: Score columns by name: a frame, or numpy arrays of one length (numbers as floats, texts as objects).
+Scores = pd.DataFrame | Mapping[str, pd.Series | np.ndarray]
 
-    def __init__(self, scores: pd.DataFrame) -> None:
+
+class _Frame:
+    """Score columns of the evaluated rows, converted once and shared by every rule."""
+
+    def __init__(self, scores: Scores, n_rows: int) -> None:
         self.scores = scores
+        self.n_rows = n_rows
         self._numbers: dict[str, np.ndarray] = {}
         self._texts: dict[str, pa.Array] = {}
 
     def number(self, column: str) -> np.ndarray:
         if column not in self._numbers:
+            values = self.scores[column]
             try:
-                self._numbers[column] = self.scores[column].to_numpy(dtype=np.float64, na_value=np.nan)
+                if isinstance(values, pd.Series):
+                    self._numbers[column] = values.to_numpy(dtype=np.float64, na_value=np.nan)
+                else:
+                    self._numbers[column] = np.asarray(values, dtype=np.float64)
             except (TypeError, ValueError) as exc:
                 raise TagInputError(f"score column '{column}' must be numeric ({exc})") from exc
         return self._numbers[column]
@@ -1454,9 +1470,9 @@ class _Frame:
         return self._texts[column]
 
 
-def _text_arrow(column: pd.Series) -> pa.Array:
-    """One Arrow array for a pandas column (pandas may hold several chunks); categories and
-    all-null object columns become plain strings."""
+def _text_arrow(column: pd.Series | np.ndarray) -> pa.Array:
+    """One Arrow array for a pandas (or numpy object) column (pandas may hold several
+    chunks); categories and all-null object columns become plain strings."""
     arrow = pa.array(column, from_pandas=True)
     if isinstance(arrow, pa.ChunkedArray):
         arrow = arrow.combine_chunks()
@@ -1505,7 +1521,7 @@ def _evaluate(node: _Condition, frame: _Frame, tags: Mapping[str, _TagValues]) -
         text = frame.text(node.column)
         found = _text_isin(text, node.values)
         return pc.is_valid(text).to_numpy(zero_copy_only=False) & ~found if node.negated else found
-    return np.full(len(frame.scores), node.value, dtype=bool)
+    return np.full(frame.n_rows, node.value, dtype=bool)
 
 
 _COMPARE = {
@@ -1540,6 +1556,38 @@ def _tier_codes(values: np.ndarray, mins: np.ndarray, margin: float = 0.0, previ
     return codes.astype(np.int16)
 
 
+class PreviousTiers(Protocol):
+    """The previous run's tags as hysteresis reads them."""
+
+    def codes(self, column: str, categories: tuple[str, ...]) -> np.ndarray | None:
+        """Previous tier codes per current row (-1: no previous tier); None if the previous
+        run did not have this tag."""
+
+
+def _codes_among(text: pa.Array, categories: tuple[str, ...]) -> np.ndarray:
+    """Position of each value among `categories` (-1: null or not among them)."""
+    found = pc.index_in(text, value_set=pa.array(categories, type=text.type))
+    return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int16)
+
+
+class AlignedPreviousTags:
+    """The previous run's tag values given one per current row (None: no previous value),
+    e.g. read by position from the latest snapshot; `values` by column (`tag_<name>`).
+
+    For the API's few rows: the values are looked up in a dict (an Arrow round trip would
+    cost more than the rest of the hysteresis).
+    """
+
+    def __init__(self, values: Mapping[str, Sequence[str | None]]) -> None:
+        self.values = values
+
+    def codes(self, column: str, categories: tuple[str, ...]) -> np.ndarray | None:
+        if column not in self.values:
+            return None
+        code_of = {category: code for code, category in enumerate(categories)}
+        return np.array([code_of.get(value, -1) if isinstance(value, str) else -1 for value in self.values[column]], dtype=np.int16)
+
+
 class _PreviousTags:
     """The previous run's tags, aligned to the current rows by customer_id."""
 
@@ -1550,13 +1598,9 @@ class _PreviousTags:
         self.rows = _align(_text_arrow(scores["customer_id"]), _text_arrow(previous["customer_id"]))
 
     def codes(self, column: str, categories: tuple[str, ...]) -> np.ndarray | None:
-        """Previous tier codes per current row (-1: no previous tier); None if the previous
-        run did not have this tag."""
         if column not in self.previous.columns:
             return None
-        text = _text_arrow(self.previous[column])
-        found = pc.index_in(text, value_set=pa.array(categories, type=text.type))
-        codes = pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int16)
+        codes = _codes_among(_text_arrow(self.previous[column]), categories)
         if self.rows is None:
             return codes
         return np.append(codes, np.int16(-1))[self.rows]  # row -1 picks the appended "none"
@@ -1588,22 +1632,54 @@ def _as_ids(ids: pa.Array) -> pa.Array:
     return ids if pa.types.is_large_string(ids.type) else ids.cast(pa.large_string())
 
 
-def evaluate_tags(rules: TagRules, scores: pd.DataFrame, previous: pd.DataFrame | None = None) -> pd.DataFrame:
+def evaluate_tags(rules: TagRules, scores: pd.DataFrame, previous: pd.DataFrame | PreviousTiers | None = None) -> pd.DataFrame:
     """Tags and segments for every row of `scores` (one row per customer).
 
     Returns a frame with the index and order of `scores`: `customer_id`, `tag_<name>` per
     tag (string; missing = the customer does not have the tag) and `segment_<name>` per
     segment (bool). `previous` is an earlier output of this function; it is only read for
-    hysteresis and is joined by customer_id (customers may come and go). Every column in
+    hysteresis and is joined by customer_id (customers may come and go), unless given as
+    tiers already matched to these rows (`AlignedPreviousTags`). Every column in
     `rules.required_scores()` must be present (NaN / null where a model does not apply):
     a column that is silently absent would make every customer leave its tiers at once.
     """
-    missing = sorted({"customer_id", *rules.required_scores()} - set(scores.columns))
-    if missing:
-        raise TagInputError(f"the scores lack column(s) {', '.join(missing)} that the tag rules ({rules.source}) read")
-    frame = _Frame(scores)
-    sticky = any(isinstance(rule, TierTag) and rule.hysteresis > 0 for rule in rules.tags)
-    history = _PreviousTags(previous, scores) if previous is not None and sticky else None
+    _check_scores(rules, scores.columns, ("customer_id",))
+    if isinstance(previous, pd.DataFrame):
+        previous = _PreviousTags(previous, scores) if _sticky(rules) else None
+    tags = evaluate_tag_columns(rules, scores, len(scores), previous)
+    return pd.DataFrame({"customer_id": scores["customer_id"].array, **tags.to_arrays()}, index=scores.index)
+
+
+@dataclass(frozen=True)
+class TagColumns:
+    """What `evaluate_tags` gives for each row, before it is put in a frame."""
+
+    tags: dict[str, _TagValues]  # by tag name, in the rules' order
+    segments: dict[str, np.ndarray]  # by segment name: bool per row
+
+    def to_arrays(self) -> dict[str, object]:
+        """`tag_<name>` (pandas strings) and `segment_<name>` (bool) columns, as `evaluate_tags` returns them."""
+        columns: dict[str, object] = {TAG_COLUMN_PREFIX + name: values.to_array() for name, values in self.tags.items()}
+        columns.update({SEGMENT_COLUMN_PREFIX + name: flags for name, flags in self.segments.items()})
+        return columns
+
+    def to_lists(self) -> dict[str, list[str | None] | list[bool]]:
+        """The same columns as Python lists: a tag's value or None, a segment's flag."""
+        columns: dict[str, list[str | None] | list[bool]] = {TAG_COLUMN_PREFIX + name: values.to_list() for name, values in self.tags.items()}
+        columns.update({SEGMENT_COLUMN_PREFIX + name: flags.tolist() for name, flags in self.segments.items()})
+        return columns
+
+
+def evaluate_tag_columns(rules: TagRules, scores: Scores, n_rows: int, previous: PreviousTiers | None = None) -> TagColumns:
+    """The tags and segments of `evaluate_tags`, from score columns by name (`n_rows` each),
+    with the previous run's tiers already matched to the rows (`previous`).
+
+    `evaluate_tags` puts the result in a frame; the API reads it as lists (for a few rows a
+    frame costs more than evaluating the rules).
+    """
+    _check_scores(rules, scores.keys())
+    frame = _Frame(scores, n_rows)
+    history = previous if _sticky(rules) else None
     values: dict[str, _TagValues] = {}
     for rule in _evaluation_order(rules.tags):
         if isinstance(rule, TierTag):
@@ -1618,10 +1694,18 @@ def evaluate_tags(rules: TagRules, scores: pd.DataFrame, previous: pd.DataFrame 
         else:
             holds = _evaluate(rule.condition.root, frame, values)
             values[rule.name] = _TagValues(np.where(holds, 0, -1).astype(np.int16), rule.values)
+    return TagColumns(
+        {rule.name: values[rule.name] for rule in rules.tags},
+        {segment.name: _evaluate(segment.condition.root, frame, values) for segment in rules.segments},
+    )
 
-    columns: dict[str, object] = {"customer_id": scores["customer_id"].array}
-    for rule in rules.tags:
-        columns[TAG_COLUMN_PREFIX + rule.name] = values[rule.name].to_array()
-    for segment in rules.segments:
-        columns[SEGMENT_COLUMN_PREFIX + segment.name] = _evaluate(segment.condition.root, frame, values)
-    return pd.DataFrame(columns, index=scores.index)
+
+def _check_scores(rules: TagRules, columns: Iterable[str], also: tuple[str, ...] = ()) -> None:
+    missing = sorted({*also, *rules.required_scores()} - set(columns))
+    if missing:
+        raise TagInputError(f"the scores lack column(s) {', '.join(missing)} that the tag rules ({rules.source}) read")
+
+
+def _sticky(rules: TagRules) -> bool:
+    """Whether any tag reads the previous run (hysteresis)."""
+    return any(isinstance(rule, TierTag) and rule.hysteresis > 0 for rule in rules.tags)

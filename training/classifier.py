@@ -145,9 +145,10 @@ def _category_lookup(categories: tuple[str, ...]) -> dict[str, int]:
     return {value: code for code, value in enumerate(categories)}
 
 
-#: Up to this many rows (an API request's customers), `_matrix` works row-wise in Python
-#: and on the whole numeric block at once; above it (batch scoring), column by column
-#: with pandas' vectorised conversions. Both give the same matrix (tested).
+#: Up to this many rows (an API request's customers), `_matrix` reads the frame once as
+#: Python objects (every numeric column in one conversion, categories looked up in a dict);
+#: above it (batch scoring), column by column with pandas' vectorised conversions. Both give
+#: the same matrix and reasons (tested).
 _SMALL_ROWS = 256
 
 
@@ -155,11 +156,38 @@ def _category_codes(column: pd.Series, categories: tuple[str, ...], small: bool)
     """Code of each value among the categories as floats; NaN when missing, unseen or beyond the cap."""
     values = _as_strings(column)
     if small:
-        lookup = _category_lookup(categories)
-        codes = np.array([lookup.get(v, -1) if isinstance(v, str) else -1 for v in values.to_numpy(dtype=object)], dtype=np.int64)
-    else:
-        codes = pd.Categorical(values.where(values.isin(categories)), categories=list(categories)).codes
+        return _text_codes(values.to_numpy(dtype=object), categories)
+    codes = pd.Categorical(values.where(values.isin(categories)), categories=list(categories)).codes
     return np.where(codes < 0, np.nan, codes)
+
+
+def _text_codes(values: np.ndarray, categories: tuple[str, ...]) -> np.ndarray:
+    """`_category_codes` of a few values that are strings or missing (a Python loop: no pandas set-up)."""
+    lookup = _category_lookup(categories)
+    codes = np.array([lookup.get(v, -1) if isinstance(v, str) else -1 for v in values], dtype=np.int64)
+    return np.where(codes < 0, np.nan, codes)
+
+
+@functools.lru_cache(maxsize=256)
+def _holds_text(dtype: Any) -> bool:
+    """Whether a column of this dtype holds str values (or missing ones) as they are: `_as_strings` keeps it."""
+    return bool(pd.api.types.is_string_dtype(dtype) and not pd.api.types.is_object_dtype(dtype))
+
+
+def _parsed_numbers(column: pd.Series) -> tuple[np.ndarray, bool]:
+    """A non-numeric column parsed as float64 (NaN where null or unparsable), and whether every value parsed."""
+    parsed = pd.to_numeric(column, errors="coerce")
+    return parsed.to_numpy(dtype="float64", na_value=np.nan), not (parsed.isna() & column.notna()).any()
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """A frame as LightGBM reads it (`PropensityModel._matrix`), its columns' positions by name
+    and, when the frame was small, its values as Python objects (reasons show them)."""
+
+    matrix: np.ndarray
+    positions: dict[str, int]
+    values: np.ndarray | None
 
 
 def _is_boolean(series: pd.Series) -> bool:
@@ -315,13 +343,21 @@ class PropensityModel(ClassifierMixin, BaseEstimator):
         if not hasattr(self, "estimator_"):
             raise NotFittedError("This PropensityModel is not fitted yet: call fit() first.")
 
-    def _check_input(self, X: pd.DataFrame) -> None:
+    def _check_calibrated(self) -> None:
+        if not hasattr(self, "calibrator_"):
+            raise NotFittedError("This PropensityModel is not fitted yet: call fit() first.")
+
+    def _check_input(self, X: pd.DataFrame) -> dict[str, int]:
+        """X is a frame with every feature column; returns each column's position by name."""
         if not isinstance(X, pd.DataFrame):
             raise ClassifierInputError(f"X must be a pandas DataFrame, got {type(X).__name__}")
-        missing = [c for c in self.feature_columns_ if c not in X.columns]
+        # A list first: iterating a pandas Index of strings costs ~1 us a name.
+        positions = {name: p for p, name in enumerate(X.columns.tolist())}
+        missing = [c for c in self.feature_columns_ if c not in positions]
         if missing:
             shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
             raise ClassifierInputError(f"input lacks feature column(s) {shown}")
+        return positions
 
     def _encode(self, X: pd.DataFrame) -> pd.DataFrame:
         """The model's input frame (fit): its feature columns in fit order, typed as at fit."""
@@ -356,32 +392,40 @@ class PropensityModel(ClassifierMixin, BaseEstimator):
         operations: one-row scoring spent most of its time building `_encode`'s frame and in
         LightGBM's own pandas conversion (~10 ms a call). Equality is tested.
         """
-        self._check_input(X)
+        return self._encoded(X).matrix
+
+    def _encoded(self, X: pd.DataFrame) -> _Encoded:
+        """`_matrix(X)`, and X's values as Python objects when X is small."""
+        positions = self._check_input(X)
+        dtypes = X.dtypes.tolist()
+        # A few rows (an API request's customers) are read once as a matrix of Python objects:
+        # a column then costs numpy indexing instead of a pandas selection.
+        values = X.to_numpy(dtype=object) if len(X) <= _SMALL_ROWS else None
         matrix = np.empty((len(X), len(self.feature_columns_)), dtype="float64")
-        dtypes = dict(zip(X.columns, X.dtypes, strict=True))
-        small = len(X) <= _SMALL_ROWS
-        numeric: list[int] = []
+        from_values: list[int] = []  # numeric features read from `values` in one conversion
         bad: list[str] = []
         for j, name in enumerate(self.feature_columns_):
+            dtype = dtypes[positions[name]]
             if name in self.categories_:
-                matrix[:, j] = _category_codes(X[name], tuple(self.categories_[name]), small)
-            elif _is_numeric_dtype(dtypes[name]):  # booleans included: 0/1
-                if small:
-                    numeric.append(j)
+                categories = tuple(self.categories_[name])
+                if values is not None and _holds_text(dtype):  # str or missing, as `_as_strings` leaves them
+                    matrix[:, j] = _text_codes(values[:, positions[name]], categories)
                 else:
-                    matrix[:, j] = X[name].to_numpy(dtype="float64", na_value=np.nan)
+                    matrix[:, j] = _category_codes(X[name], categories, small=values is not None)
+            elif values is not None and isinstance(dtype, np.dtype) and dtype.kind in "biuf":  # missing can only be NaN
+                from_values.append(j)
+            elif _is_numeric_dtype(dtype):  # booleans included: 0/1; nullable types' NA becomes NaN
+                matrix[:, j] = X[name].to_numpy(dtype="float64", na_value=np.nan)
             else:
-                column = X[name]
-                parsed = pd.to_numeric(column, errors="coerce")
-                if (parsed.isna() & column.notna()).any():
+                matrix[:, j], parsed = _parsed_numbers(X[name])
+                if not parsed:
                     bad.append(name)
-                matrix[:, j] = parsed.to_numpy(dtype="float64", na_value=np.nan)
         if bad:
             raise ClassifierInputError(f"non-numeric values in numeric feature column(s) {', '.join(bad)}")
-        if numeric:
-            block = X[[self.feature_columns_[j] for j in numeric]]
-            matrix[:, numeric] = block.to_numpy(dtype="float64", na_value=np.nan)
-        return matrix
+        if values is not None and from_values:
+            sources = [positions[self.feature_columns_[j]] for j in from_values]
+            matrix[:, from_values] = values[:, sources].astype("float64")
+        return _Encoded(matrix, positions, values)
 
     def _booster_predict(self, matrix: np.ndarray, **kind: bool) -> np.ndarray:
         """LightGBM's booster on the matrix, with the estimator's thread count (`n_jobs`)."""
@@ -401,10 +445,13 @@ class PropensityModel(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """n x 2 array: P(negative), P(positive) (calibrated)."""
-        if not hasattr(self, "calibrator_"):
-            raise NotFittedError("This PropensityModel is not fitted yet: call fit() first.")
-        p = self._probability(self._matrix(X))
+        p = self.predict_values(X)[OUTPUT_COLUMN]
         return np.column_stack([1.0 - p, p])
+
+    def predict_values(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
+        """`predict_frame(X)`'s output column as an array, without the frame (what serving reads)."""
+        self._check_calibrated()
+        return {OUTPUT_COLUMN: self._probability(self._matrix(X))}
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         """0/1 at probability 0.5 (scikit-learn's contract; campaigns rank by probability instead)."""
@@ -415,7 +462,7 @@ class PropensityModel(ClassifierMixin, BaseEstimator):
         out = pd.DataFrame(index=X.index)
         if self.key_column in X.columns:
             out[self.key_column] = X[self.key_column].to_numpy()
-        out[OUTPUT_COLUMN] = self.predict_proba(X)[:, 1]
+        out[OUTPUT_COLUMN] = self.predict_values(X)[OUTPUT_COLUMN]
         return out
 
     def explain(self, X: pd.DataFrame, top_k: int = 3) -> list[list[dict[str, Any]]]:
@@ -427,15 +474,14 @@ class PropensityModel(ClassifierMixin, BaseEstimator):
         """
         self._check_top_k(top_k)
         self._check_fitted()
-        return self._reasons(X, self._matrix(X), top_k)
+        return self._reasons(X, self._encoded(X), top_k)
 
     def predict_with_reasons(self, X: pd.DataFrame, top_k: int = 3) -> tuple[np.ndarray, list[list[dict[str, Any]]]]:
         """`predict_proba(X)[:, 1]` and `explain(X, top_k)` from one encoding of X (what scoring calls)."""
         self._check_top_k(top_k)
-        if not hasattr(self, "calibrator_"):
-            raise NotFittedError("This PropensityModel is not fitted yet: call fit() first.")
-        matrix = self._matrix(X)
-        return self._probability(matrix), self._reasons(X, matrix, top_k)
+        self._check_calibrated()
+        encoded = self._encoded(X)
+        return self._probability(encoded.matrix), self._reasons(X, encoded, top_k)
 
     def _probability(self, matrix: np.ndarray) -> np.ndarray:
         """The calibrated positive-class probability of each row of the matrix."""
@@ -446,27 +492,28 @@ class PropensityModel(ClassifierMixin, BaseEstimator):
         if top_k < 1:
             raise ClassifierInputError(f"top_k must be >= 1, got {top_k}")
 
-    def _reasons(self, X: pd.DataFrame, matrix: np.ndarray, top_k: int) -> list[list[dict[str, Any]]]:
-        contributions = self._booster_predict(matrix, pred_contrib=True)
+    def _reasons(self, X: pd.DataFrame, encoded: _Encoded, top_k: int) -> list[list[dict[str, Any]]]:
+        contributions = self._booster_predict(encoded.matrix, pred_contrib=True)
         contributions = contributions[:, : len(self.feature_columns_)]  # the last column is the bias
         k = min(top_k, len(self.feature_columns_))
         # Largest |contribution| first; ties keep the feature order (stable sort).
         order = np.argsort(-np.abs(contributions), axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(contributions, order, axis=1)
         # The input values of the features that are reasons, read in one take of those columns.
-        shown = np.unique(order[np.take_along_axis(contributions, order, axis=1) != 0.0])
-        column_of = {int(j): i for i, j in enumerate(shown)}
-        values = X.iloc[:, X.columns.get_indexer([self.feature_columns_[j] for j in shown])].to_numpy(dtype=object)
+        shown = [self.feature_columns_[j] for j in np.unique(order[top != 0.0])]
+        columns = [encoded.positions[name] for name in shown]
+        values = encoded.values[:, columns] if encoded.values is not None else X.iloc[:, columns].to_numpy(dtype=object)
+        column_of = {name: i for i, name in enumerate(shown)}
         result: list[list[dict[str, Any]]] = []
-        for row in range(len(X)):
+        # Python lists: indexing numpy arrays element by element costs more than the rest.
+        for features, sizes, row_values in zip(order.tolist(), top.tolist(), values.tolist(), strict=True):
             reasons = []
-            for j in order[row]:
-                contribution = float(contributions[row, j])
+            for j, contribution in zip(features, sizes, strict=True):
                 if contribution == 0.0:
                     continue
                 feature = self.feature_columns_[j]
-                value = _plain_value(values[row, column_of[int(j)]])
-                text = reason_text(feature, value)
-                reasons.append({"feature": feature, "value": value, "contribution": contribution, "text": text})
+                value = _plain_value(row_values[column_of[feature]])
+                reasons.append({"feature": feature, "value": value, "contribution": contribution, "text": reason_text(feature, value)})
             result.append(reasons)
         return result
 
@@ -488,7 +535,7 @@ class PropensityModel(ClassifierMixin, BaseEstimator):
 
 def _as_strings(column: pd.Series) -> pd.Series:
     """Category values as strings (as learned at fit), nulls kept as nulls."""
-    if pd.api.types.is_string_dtype(column.dtype) and not pd.api.types.is_object_dtype(column.dtype):
+    if _holds_text(column.dtype):
         return column
     text = column.astype("object")
     return text.where(column.isna(), text.astype(str)).where(column.notna(), None)

@@ -20,11 +20,13 @@ from hypothesis import strategies as st
 from features.errors import CrmScoringError
 from serving import tags as tags_module
 from serving.tags import (
+    AlignedPreviousTags,
     ConditionTag,
     PassThroughTag,
     TagInputError,
     TagRulesError,
     TierTag,
+    evaluate_tag_columns,
     evaluate_tags,
     load_tag_rules,
     parse_tag_rules,
@@ -257,6 +259,20 @@ def test_missing_or_unusable_score_columns_are_errors() -> None:
     with pytest.raises(TagInputError, match="ltv_clv"):
         evaluate_tags(rules, bad)
     assert issubclass(TagInputError, CrmScoringError)
+
+
+def test_tag_columns_from_arrays_equal_the_frame() -> None:
+    """The API evaluates score arrays without a frame: the same tags and segments as `evaluate_tags`."""
+    rules = parse_tag_rules(CUSTOM)
+    scores = custom_scores()
+    arrays = {c: scores[c].to_numpy(dtype=object if c == "rfm_segment" else "float64") for c in scores.columns if c != "customer_id"}
+    frame = evaluate_tags(rules, scores)
+    lists = evaluate_tag_columns(rules, arrays, len(scores)).to_lists()
+    assert list(lists) == list(frame.columns[1:])
+    for column, values in lists.items():
+        assert values == [None if pd.isna(v) else v for v in frame[column]], column
+    with pytest.raises(TagInputError, match="ltv_clv"):
+        evaluate_tag_columns(rules, {**arrays, "ltv_clv": np.array(list("abcde"), dtype=object)}, len(scores))
 
 
 def test_empty_population() -> None:
@@ -769,3 +785,18 @@ def test_hysteresis_is_idempotent_and_matches_the_rule(rows: list[tuple[float, s
     expected = [reference_tier(v, p, margin) for v, p in rows]
     got = [None if pd.isna(t) else t for t in once["tag_churn_risk"]]
     assert got == expected
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(st.tuples(score_values, previous_tiers), min_size=1, max_size=30), margin=st.sampled_from([0.0, 0.03, 0.1]))
+def test_previous_tiers_given_per_row_equal_those_joined_by_customer_id(rows: list[tuple[float, str | None]], margin: float) -> None:
+    """The API passes the snapshot's tiers already matched to its rows (`AlignedPreviousTags`)."""
+    rules = sticky_rules(margin)
+    scores = churn_scores([v for v, _ in rows])
+    tiers = [p for _, p in rows]
+    previous = pd.DataFrame({"customer_id": scores["customer_id"], "tag_churn_risk": pd.Series(tiers, dtype="str")})
+    joined = evaluate_tags(rules, scores, previous.iloc[::-1])
+    aligned = AlignedPreviousTags({"tag_churn_risk": np.array(tiers, dtype=object)})
+    pd.testing.assert_frame_equal(evaluate_tags(rules, scores, aligned), joined)
+    columns = evaluate_tag_columns(rules, {"churn_probability": scores["churn_probability"].to_numpy()}, len(scores), aligned)
+    assert columns.to_lists() == {c: [None if pd.isna(v) else v for v in joined[c]] for c in joined.columns[1:]}

@@ -23,6 +23,7 @@ from sklearn.exceptions import NotFittedError
 from features.backend import connect
 from features.synthetic import DATA_END, TRUTH_AS_OF, generate_profile
 from features.validation import profile_from_frames
+from training import classifier
 from training.classifier import ClassifierInputError, PlattScaling, PropensityModel
 from training.datasets import FeatureCache, WindowConfig, build_datasets, examples_at, features_only
 from training.metrics import roc_auc
@@ -127,6 +128,33 @@ def test_predictions_equal_lightgbm_on_the_pandas_encoding(small_model):
         probability, together = model.predict_with_reasons(frame, top_k=3)
         assert np.array_equal(probability, model.predict_proba(frame)[:, 1])
         assert together == model.explain(frame, top_k=3)
+
+
+def test_small_and_large_frames_are_encoded_and_explained_alike(small_model, monkeypatch):
+    """A few rows are read as one object matrix, many column by column: same numbers, same reasons."""
+    model, X, _ = small_model
+    frame = X.head(60).copy()
+    frame["count"] = frame["count"].astype("Int64").mask(frame.index % 7 == 0)  # nullable integers with gaps
+    frame["flag"] = frame["flag"].astype("boolean").mask(frame.index % 5 == 0)  # nullable booleans
+    variants = {
+        "numpy and str": X.head(60),
+        "nullable": frame,
+        "numbers as text": frame.assign(x1=frame["x1"].map(lambda v: None if np.isnan(v) else repr(v)).astype("str")),
+        "object categories": frame.assign(segment=pd.Series(["a", None, 3, "c", "zzz"] * 12, index=frame.index, dtype=object)),
+        "pandas categorical": frame.assign(segment=frame["segment"].astype("category")),
+        "reordered, extra columns": frame.assign(email="a@b.example")[["email", "segment", "flag", "count", "x1", "customer_id"]],
+    }
+    assert all(model._encoded(v).values is not None for v in variants.values())  # the object-matrix path runs
+    small = {name: (model._matrix(v), *model.predict_with_reasons(v, top_k=4)) for name, v in variants.items()}
+    monkeypatch.setattr(classifier, "_SMALL_ROWS", 0)
+    for name, variant in variants.items():
+        matrix, probability, reasons = small[name]
+        assert model._encoded(variant).values is None  # the column-by-column path runs
+        np.testing.assert_array_equal(model._matrix(variant), matrix, err_msg=name)
+        large_probability, large_reasons = model.predict_with_reasons(variant, top_k=4)
+        assert large_probability.tobytes() == probability.tobytes(), name
+        assert large_reasons == reasons, name
+        assert [[type(r["value"]) for r in row] for row in large_reasons] == [[type(r["value"]) for r in row] for row in reasons]
 
 
 def test_category_cap_keeps_the_most_frequent_values():

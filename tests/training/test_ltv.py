@@ -601,6 +601,24 @@ def test_predict_agrees_with_the_single_methods(model, features):
     np.testing.assert_allclose(predicted["clv"], model.clv(features))
 
 
+def test_predict_values_are_the_predicted_columns(model, features):
+    """What serving reads (arrays, no frame) is exactly `predict`'s columns."""
+    predicted = model.predict(features)
+    values = model.predict_values(features)
+    assert list(values) == [c for c in predicted.columns if c != "customer_id"]
+    for name, column in values.items():
+        np.testing.assert_array_equal(column, predicted[name].to_numpy())
+
+
+def test_clv_blocks_of_customers_equal_one_block(model, features, monkeypatch):
+    """The discounted purchases are computed a block of customers at a time: blocks change nothing."""
+    import training.ltv as ltv
+
+    whole = model.clv(features)
+    monkeypatch.setattr(ltv, "STEP_BLOCK_ROWS", 7)
+    assert whole.to_numpy().tobytes() == model.clv(features).to_numpy().tobytes()
+
+
 # ---- behaviour -------------------------------------------------------------------------
 
 

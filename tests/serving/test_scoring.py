@@ -1,0 +1,122 @@
+"""The batch's score table (`score_features`) and the API's records (`score_records`) are one
+computation read two ways: on the trained project's features they agree exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serving.batch import features_path
+from serving.models import ModelSet, load_model_set
+from serving.scoring import (
+    KEY,
+    REASON_COLUMNS,
+    PercentileReference,
+    add_percentiles,
+    predict_scores,
+    render_result,
+    score_features,
+    score_records,
+)
+from serving.store import ScoreStore
+from serving.tags import AlignedPreviousTags, TagRules, evaluate_tags, load_tag_rules
+from tests.serving.conftest import TrainedProject
+from training.config import TrainingSettings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def models(trained_project: TrainedProject) -> ModelSet:
+    settings = TrainingSettings(project_dir=trained_project.root, tracking_uri=trained_project.env["CRMSCORE_TRACKING_URI"])
+    return load_model_set(settings)
+
+
+@pytest.fixture(scope="module")
+def features(trained_project: TrainedProject) -> pd.DataFrame:
+    store = ScoreStore(trained_project.root / "scores")
+    latest = store.latest_run()
+    assert latest is not None
+    return pd.read_parquet(features_path(store, latest.run_id))
+
+
+@pytest.fixture(scope="module")
+def reference(trained_project: TrainedProject) -> PercentileReference:
+    store = ScoreStore(trained_project.root / "scores")
+    latest = store.latest_run()
+    assert latest is not None
+    return PercentileReference.from_scores(store.read_snapshot(latest.run_id))
+
+
+def _previous_tags(table: pd.DataFrame, rules: TagRules) -> pd.DataFrame:
+    """A previous run whose scores were a little higher, without every fifth customer, in another order."""
+    higher = table.assign(**{c: table[c] + 0.02 for c in ("lead_probability", "churn_probability", "ltv_percentile")})
+    return evaluate_tags(rules, higher).iloc[[i for i in range(len(table)) if i % 5]][::-1]
+
+
+def _aligned(previous: pd.DataFrame, ids: list[str]) -> AlignedPreviousTags:
+    by_id = previous.set_index(KEY)
+    return AlignedPreviousTags(
+        {c: np.array([v if isinstance(v, str) else None for v in by_id[c].reindex(ids)], dtype=object) for c in by_id.columns if c.startswith("tag_")}
+    )
+
+
+def _same(record_value: Any, table_value: Any, column: str) -> bool:
+    if column in REASON_COLUMNS.values():
+        return record_value == (json.loads(table_value) if isinstance(table_value, str) else None)
+    if column.startswith("tag_") and pd.isna(table_value):  # no tag: null text in the table
+        return record_value is None
+    if isinstance(table_value, float):
+        return isinstance(record_value, float) and record_value.hex() == table_value.hex()  # NaN included
+    return type(record_value) is type(table_value.item() if isinstance(table_value, np.generic) else table_value) and record_value == table_value
+
+
+@pytest.mark.parametrize("rows", [40, None], ids=["an API batch", "every customer"])
+@pytest.mark.parametrize("ranked_against", ["snapshot", "themselves"])
+def test_api_records_equal_the_batch_score_table(models, features, reference, rows, ranked_against) -> None:
+    rules = load_tag_rules()
+    # Spread over the population, in another order than the snapshot's.
+    sample = features.iloc[:: len(features) // rows][::-1].reset_index(drop=True) if rows else features
+    orders = sample["orders_count"].to_numpy()
+    assert (orders == 0).any() and (orders > 0).any()  # leads and buyers
+    ref = reference if ranked_against == "snapshot" else None
+    plain = score_features(sample, models, rules, reference=ref, previous_tags=None)
+    previous = _previous_tags(plain, rules)
+    table = score_features(sample, models, rules, reference=ref, previous_tags=previous)
+    if rows is None:  # the previous tiers are kept within the margin
+        assert (table.filter(like="tag_").fillna("-") != plain.filter(like="tag_").fillna("-")).any().any()
+
+    records = score_records(sample, models, rules, reference=ref, previous_tags=_aligned(previous, sample[KEY].tolist()))
+    assert len(records) == len(table)
+    for record, row in zip(records, table.to_dict(orient="records"), strict=True):
+        assert list(record) == list(row)
+        for column, value in row.items():
+            assert _same(record[column], value, column), (row[KEY], column, record[column], value)
+        as_of = pd.Timestamp("2025-06-15").to_pydatetime()
+        assert json.dumps(render_result(record, models, rules, as_of)) == json.dumps(render_result(row, models, rules, as_of))
+
+    # The frame-level steps give the same table.
+    scores = add_percentiles(predict_scores(sample, models), ref)
+    pd.testing.assert_frame_equal(scores, table[scores.columns], check_exact=True)
+
+
+def test_reasons_are_lists_in_records_and_json_in_the_table(models, features, reference) -> None:
+    sample = features.iloc[:: len(features) // 12]
+    rules = load_tag_rules()
+    records = score_records(sample, models, rules, reference=reference, previous_tags=None)
+    table = score_features(sample, models, rules, reference=reference, previous_tags=None)
+    explained = 0
+    for record, texts in zip(records, table[list(REASON_COLUMNS.values())].to_dict(orient="records"), strict=True):
+        for column, text in texts.items():
+            if isinstance(text, str):
+                assert isinstance(record[column], list) and record[column] == json.loads(text)
+                explained += 1
+            else:
+                assert record[column] is None
+    assert explained == len(sample)  # every customer is a lead or a buyer
+    assert not any(math.isnan(r["lead_percentile"]) and not math.isnan(r["lead_probability"]) for r in records)
