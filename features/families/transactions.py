@@ -108,6 +108,15 @@ def transaction_features(
         _gap_mean=gap.mean(),
         _gap_std=gap.std(how="sample"),
     )
+    # The trends from the buyers' sums, before the join: far fewer expressions over every
+    # eligible customer (DuckDB sets up a vector per expression node on every execution).
+    windows = windows.mutate(
+        **{
+            f"_{measure}_trend_{w}": _relative_change(windows[f"_{measure}_{w}"], windows[f"_{measure}_prev_{w}"])
+            for w in params.windows_days
+            for measure in ("orders", "revenue")
+        }
+    )
 
     # 2. Refund share over every order before as_of, whatever its status.
     every_order = profile.orders.filter(profile.orders.ordered_at < cutoff)
@@ -143,10 +152,8 @@ def transaction_features(
         columns[f"orders_{w}d"] = orders_w.cast("int64")
         columns[f"revenue_{w}d"] = revenue_w.cast("float64")
     for w in params.windows_days:
-        for measure, zero in (("orders", 0), ("revenue", 0.0)):
-            columns[f"{measure}_trend_{w}d"] = _relative_change(
-                t[f"_{measure}_{w}"].coalesce(zero), t[f"_{measure}_prev_{w}"].coalesce(zero)
-            )
+        for measure in ("orders", "revenue"):
+            columns[f"{measure}_trend_{w}d"] = t[f"_{measure}_trend_{w}"].coalesce(0.0)
     days_since_last = days_between(cutoff, t._last_ordered_at)
     gap_mean = t._gap_mean.cast("float64")
     columns["days_since_last_order"] = days_since_last
