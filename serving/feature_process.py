@@ -233,6 +233,7 @@ def _serve(requests: Connection, answers: Connection) -> None:
             answers.send(("error", f"{type(exc).__name__}: {exc}".splitlines()[0]))
             continue
         answers.send(("table", _to_ipc(table)))
+        builder.clear()  # off the next request's path: the parent scores and answers meanwhile
 
 
 def main(argv: list[str] | None = None) -> None:

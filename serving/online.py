@@ -357,6 +357,7 @@ class _Worker:
         self.loader = database.cursor()
         self.loader.execute(f'CREATE SCHEMA "{self.schema}"')
         self._rows = {key: _Rows(schema) for key, schema in schemas.items()}
+        self._holds_rows = False
         for key, rows in self._rows.items():
             table = f'"{self.schema}"."{TABLE_NAMES[key]}"'
             # Registered once, before any statement is prepared (see the module doc).
@@ -372,16 +373,25 @@ class _Worker:
             raise OnlineFeatureError(f"the compiled feature SQL does not name the template tables as {_COMPILED_SCHEMA}")
         return sql.replace(_COMPILED_SCHEMA, f'"{self.schema}".')
 
+    def clear(self) -> None:
+        """Empty the tables (a no-op when they are)."""
+        if self._holds_rows:
+            for key in self._rows:
+                self.loader.execute(f"EXECUTE crm_delete_{key}")
+            self._holds_rows = False
+
     def load(self, tables: dict[str, pa.Table]) -> None:
+        self.clear()
         for key, table in tables.items():
-            self.loader.execute(f"EXECUTE crm_delete_{key}")
             if table.num_rows:
+                self._holds_rows = True
                 self._rows[key].table = table
                 self.loader.execute(f"EXECUTE crm_insert_{key}")
                 self._rows[key].table = table.schema.empty_table()  # the request's rows are not kept
 
     def run(self, tables: dict[str, pa.Table], as_of: datetime, pool: ThreadPoolExecutor | None) -> pa.Table:
-        """The family statements on these rows, side by side on the worker's connections."""
+        """The family statements on these rows, side by side on the worker's connections.
+        The rows stay in the tables until the next load or `clear`."""
         self.load(tables)
         results: list[tuple[int, pa.Table]] = []
         if pool is None or len(self.connections) == 1:
@@ -463,6 +473,17 @@ class OnlineFeatureBuilder:
             yield worker
         finally:
             self._pool.put(worker)
+
+    def clear(self) -> None:
+        """Empty every worker's tables now, so the next call only inserts its rows (the
+        feature process does this while it waits for the next request)."""
+        workers = [self._pool.get() for _ in range(self.workers)]
+        try:
+            for worker in workers:
+                worker.clear()
+        finally:
+            for worker in workers:
+                self._pool.put(worker)
 
     def tables(self, customers: pa.Table, orders: pa.Table, events: pa.Table) -> dict[str, pa.Table]:
         """The three tables with the template tables' columns and types."""

@@ -24,7 +24,7 @@ from serving.batch import features_path, online_feature_params, read_meta
 from serving.engine import ScoringEngine, build_engine
 from serving.feature_process import FeatureProcess, FeatureProcessClosedError, FeatureProcessConfig
 from serving.inline import inline_customers
-from serving.online import OnlineFeatureBuilder, OnlineFeatureError, combine_family_tables
+from serving.online import TABLE_NAMES, OnlineFeatureBuilder, OnlineFeatureError, combine_family_tables
 from serving.schemas import ScoreRequest
 from serving.store import ScoreStore
 from tests.serving.conftest import AS_OF, TrainedProject
@@ -93,6 +93,26 @@ def test_prepared_statements_hold_while_the_rows_change(engine, trained_project,
         _assert_rows_equal(builder.features(*_tables(engine, trained_project, ids), as_of), batch_features, ids)
     (worker,) = [builder._pool.get()]
     assert all(len(connection.prepared) == 1 for connection in worker.connections)  # planned once, reused
+
+
+def test_clear_empties_the_tables_between_calls(engine, trained_project, batch_features, kinds) -> None:
+    builder = OnlineFeatureBuilder(engine.builder.attributes, engine.builder.params, workers=1).prepare()
+    as_of = datetime.fromisoformat(AS_OF)
+    worker = builder._pool.get()
+    builder._pool.put(worker)
+
+    def rows() -> int:
+        return sum(worker.loader.execute(f'SELECT count(*) FROM "{worker.schema}"."{name}"').fetchone()[0] for name in TABLE_NAMES.values())
+
+    first, second = kinds["buyer"][:2], kinds["active lead"][:1]
+    builder.features(*_tables(engine, trained_project, first), as_of)
+    assert rows() > 0  # kept until the next call or clear()
+    builder.clear()
+    assert rows() == 0
+    builder.clear()  # nothing to clear: a no-op
+    _assert_rows_equal(builder.features(*_tables(engine, trained_project, second), as_of), batch_features, second)
+    # Without a clear in between, the next call still sees only its own rows.
+    _assert_rows_equal(builder.features(*_tables(engine, trained_project, first), as_of), batch_features, first)
 
 
 def test_every_family_statement_runs_side_by_side_and_in_sequence(engine, trained_project, batch_features, kinds) -> None:
