@@ -24,7 +24,7 @@ from serving.batch import features_path, online_feature_params, read_meta
 from serving.engine import ScoringEngine, build_engine
 from serving.feature_process import FeatureProcess, FeatureProcessClosedError, FeatureProcessConfig
 from serving.inline import inline_customers
-from serving.online import TABLE_NAMES, OnlineFeatureBuilder, OnlineFeatureError, combine_family_tables
+from serving.online import TABLE_NAMES, OnlineFeatureBuilder, OnlineFeatureError, _partition, cast_columns, combine_family_tables
 from serving.schemas import ScoreRequest
 from serving.store import ScoreStore
 from tests.serving.conftest import AS_OF, TrainedProject
@@ -123,6 +123,31 @@ def test_every_family_statement_runs_side_by_side_and_in_sequence(engine, traine
         assert len(builder.groups_) == min(parallelism, len(builder.statements_))
         assert sorted(i for group in builder.groups_ for i in group) == list(range(len(builder.statements_)))
         _assert_rows_equal(builder.features(*_tables(engine, trained_project, ids), as_of), batch_features, ids)
+        worker = builder._pool.get()
+        owned = [key for connection in worker.connections for key in connection.own_tables]
+        # Every table is loaded exactly once: by the worker, or by the one connection that reads it.
+        assert sorted(worker.shared_tables + owned) == sorted(TABLE_NAMES)
+        if parallelism == 2:  # the default: orders and events each loaded beside the other's statements
+            assert worker.shared_tables == ["customers"] and sorted(owned) == ["events", "orders"]
+
+
+def test_partition_keeps_the_statements_of_a_table_together() -> None:
+    reads = [frozenset(r) for r in ({"c", "o"}, {"c", "o"}, {"c", "e"}, {"c", "e"}, {"c"})]
+    costs = [3.2, 4.0, 6.3, 0.8, 0.3]
+    assert set(_partition(costs, 2, reads)) == {(0, 1), (2, 3, 4)}
+    # Costs alone would put the funnel (3) beside rfm and transactions (then both read the events).
+    assert set(_partition([2.2, 4.0, 6.3, 0.8, 0.3], 2)) == {(0, 1, 3), (2, 4)}
+    assert set(_partition([2.2, 4.0, 6.3, 0.8, 0.3], 2, reads)) == {(0, 1, 4), (2, 3)}
+    # Fewer such units than groups: split by statement.
+    assert len(_partition(costs, 5, reads)) == 5
+
+
+def test_cast_columns_converts_only_what_differs() -> None:
+    table = pa.table({"customer_id": ["a"], "n": pa.array([2], pa.decimal128(38, 0)), "x": [1.5]})
+    schema = pa.schema([("customer_id", pa.string()), ("n", pa.int64()), ("x", pa.float64())])
+    assert cast_columns(table, schema).equals(table.cast(schema))
+    with pytest.raises(OnlineFeatureError, match="columns differ"):
+        cast_columns(table.select(["customer_id", "x", "n"]), schema)
 
 
 def test_old_as_of_statements_are_evicted(engine, trained_project) -> None:
