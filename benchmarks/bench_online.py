@@ -419,12 +419,11 @@ def phase_breakdown(engine: Any, body: bytes, repeats: int) -> list[tuple[str, l
     `OnlineFeatureBuilder.features`); the last row times `score_inline` itself.
     """
     import numpy as np
-    import pandas as pd
 
     from serving.engine import default_as_of
     from serving.schemas import ScoreRequest
-    from serving.scoring import KEY, REASON_COLUMNS, _population, add_percentiles, predict_scores, render_result
-    from serving.tags import evaluate_tags
+    from serving.scoring import KEY, REASON_COLUMNS, _population, predict_columns, render_result
+    from serving.tags import evaluate_tag_columns
 
     builder = engine.builder
     timings: dict[str, list[float]] = {}
@@ -458,15 +457,14 @@ def phase_breakdown(engine: Any, body: bytes, repeats: int) -> list[tuple[str, l
             if model.explain is not None and model.name in REASON_COLUMNS:
                 model.explain(subset, 3)
                 t = tick(f"explain {model.name} (reasons)", t)
-        scores = predict_scores(features, engine.models)
-        t = tick("predict_scores as a whole (all models, reasons)", t)
-        scores = add_percentiles(scores, engine.snapshot.reference if engine.snapshot else None)
-        t = tick("add_percentiles", t)
-        tags = evaluate_tags(engine.rules, scores, previous)
-        t = tick("evaluate_tags", t)
-        table = pd.concat([scores.reset_index(drop=True), tags.drop(columns=[KEY]).reset_index(drop=True)], axis=1)
-        rendered = [render_result(row, engine.models, engine.rules, as_of) for row in table.to_dict(orient="records")]
-        t = tick("concat + render_result", t)
+        scores = predict_columns(features, engine.models)
+        t = tick("predict_columns as a whole (all models, reasons)", t)
+        scores = scores.with_percentiles(engine.snapshot.reference if engine.snapshot else None)
+        t = tick("percentiles", t)
+        tags = evaluate_tag_columns(engine.rules, scores.by_name(), len(scores.keys), previous)
+        t = tick("evaluate_tag_columns", t)
+        rendered = [render_result(row, engine.models, engine.rules, as_of) for row in scores.records(tags)]
+        t = tick("records + render_result", t)
         json.dumps({"results": rendered})
         t = tick("response JSON", t)
         engine.score_inline(request)
