@@ -452,11 +452,12 @@ def phase_breakdown(engine: Any, body: bytes, repeats: int) -> list[tuple[str, l
             if len(rows) == 0:
                 continue
             subset = features.iloc[rows]
-            model.predict_frame(subset)
-            t = tick(f"predict {model.name}", t)
-            if model.explain is not None and model.name in REASON_COLUMNS:
-                model.explain(subset, 3)
-                t = tick(f"explain {model.name} (reasons)", t)
+            if model.predict_with_reasons is not None and model.name in REASON_COLUMNS:
+                model.predict_with_reasons(subset, 3)
+                t = tick(f"predict {model.name} with reasons", t)
+            else:
+                model.predict_values(subset)
+                t = tick(f"predict {model.name}", t)
         scores = predict_columns(features, engine.models)
         t = tick("predict_columns as a whole (all models, reasons)", t)
         scores = scores.with_percentiles(engine.snapshot.reference if engine.snapshot else None)

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from serving.models import PREDICTION_OF_MODEL, ModelSet, ServedModel
+from training.pyfunc_model import ModelOutputError
 from serving.tags import PreviousTiers, TagColumns, TagRules, evaluate_tag_columns, evaluate_tags
 
 KEY = "customer_id"
@@ -183,7 +184,10 @@ def predict_columns(features: pd.DataFrame, models: ModelSet, *, reasons_top_k: 
             if explained and model.explain is not None:
                 why = model.explain(subset, reasons_top_k)
         for name, values in outputs.items():
-            scores[f"{model.prefix}_{name}"][rows] = values
+            column = f"{model.prefix}_{name}"
+            if column not in scores or len(values) != len(rows):
+                raise ModelOutputError(f"{model.name}: output {name!r} with {len(values)} values for {len(rows)} rows")
+            scores[column][rows] = values
         if why is not None:
             column = reasons[REASON_COLUMNS[model.name]]
             for row, items in zip(rows.tolist(), why, strict=True):  # one list per row (numpy would make a 2-D array)
@@ -198,11 +202,6 @@ def _texts(column: pd.Series) -> np.ndarray:
     if pd.api.types.is_string_dtype(column.dtype) and not pd.api.types.is_object_dtype(column.dtype):
         return column.to_numpy(dtype=object, na_value=pd.NA)
     return column.astype("string").to_numpy()
-
-
-def predict_scores(features: pd.DataFrame, models: ModelSet, *, reasons_top_k: int = 3) -> pd.DataFrame:
-    """Scores and reasons per feature row (same order); null where a model does not apply."""
-    return predict_columns(features, models, reasons_top_k=reasons_top_k).frame()
 
 
 def add_reasons(scores: pd.DataFrame, features: pd.DataFrame, models: ModelSet, reasons_top_k: int = 3) -> pd.DataFrame:
@@ -223,12 +222,6 @@ def add_reasons(scores: pd.DataFrame, features: pd.DataFrame, models: ModelSet, 
         values[rows] = _reason_texts(model.explain(features.iloc[rows], reasons_top_k))
         out[column] = values
     return out
-
-
-def add_percentiles(scores: pd.DataFrame, reference: PercentileReference | None) -> pd.DataFrame:
-    """`*_percentile` columns against `reference` (None: against these scores themselves)."""
-    ranked = _percentiles({score: scores[score].to_numpy(dtype="float64", na_value=np.nan) for score in PERCENTILE_OF.values()}, reference)
-    return scores.assign(**ranked)  # a new frame; `scores` is left as it was
 
 
 def _percentiles(scores: Mapping[str, np.ndarray], reference: PercentileReference | None) -> dict[str, np.ndarray]:
