@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ import pandas as pd
 import pytest
 
 from serving.batch import features_path
+from serving.engine import SnapshotView
 from serving.models import ModelSet, load_model_set
 from serving.scoring import (
     KEY,
@@ -132,3 +134,21 @@ def test_a_model_output_that_does_not_fit_is_named(models, features, wrong) -> N
     models = ModelSet({**models.models, "customer_ltv": dataclasses.replace(ltv, predict_values=broken)})
     with pytest.raises(ModelOutputError, match="customer_ltv: output"):
         predict_columns(features.iloc[:: len(features) // 12], models)
+
+
+def test_snapshot_tags_are_matched_to_the_rows_by_position() -> None:
+    """What the API passes as `previous_tags`: one value per row, None for a customer the
+    snapshot lacks; segments carry no hysteresis state and are left out."""
+    view = SnapshotView(
+        run=None,  # type: ignore[arg-type] - only the tag columns are read here
+        path=Path("unused.parquet"),
+        reference=PercentileReference.from_arrays({}),
+        meta={},
+        tag_columns=("tag_churn_risk", "segment_win_back"),
+        tag_index=pd.Index(["a", "b"], dtype=object),
+        tag_values={"tag_churn_risk": np.array(["high", None], dtype=object), "segment_win_back": np.array([True, False])},
+    )
+    aligned = view.previous_tags(["b", "new", "a"])
+    assert aligned is not None
+    assert {column: list(values) for column, values in aligned.values.items()} == {"tag_churn_risk": [None, None, "high"]}
+    assert aligned.codes("tag_churn_risk", ("high", "medium", "low")).tolist() == [-1, -1, 0]
