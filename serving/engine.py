@@ -411,12 +411,14 @@ def build_engine(
     workers: int = 4,
     parallelism: int = 2,
     feature_process: bool = False,
+    pin_threads: bool = True,
 ) -> ScoringEngine:
     """Load champions, rules and the latest snapshot, compile the features, run the probe.
 
     feature_process: compute online features in a child process (`serving.feature_process`:
-    what the API does) instead of in this one. workers / parallelism: table sets and
-    DuckDB connections per table set of the feature builder (see `serving.online`).
+    what the API does) instead of in this one. workers / parallelism / pin_threads: table
+    sets, DuckDB connections per table set and CPU pinning of the feature builder (see
+    `serving.online`).
     """
     models = load_model_set(training_settings)
     rules = load_tag_rules(tags_file)
@@ -425,9 +427,10 @@ def build_engine(
     params = online_feature_params(snapshot.meta if snapshot else {})
     builder: OnlineFeatureBuilder | FeatureProcess
     if feature_process:
-        builder = FeatureProcess(FeatureProcessConfig(attributes, params, workers=1, parallelism=parallelism)).start()
+        config = FeatureProcessConfig(attributes, params, workers=1, parallelism=parallelism, pin_threads=pin_threads)
+        builder = FeatureProcess(config).start()
     else:
-        builder = OnlineFeatureBuilder(attributes, params, workers=workers, parallelism=parallelism).prepare()
+        builder = OnlineFeatureBuilder(attributes, params, workers=workers, parallelism=parallelism, pin_threads=pin_threads).prepare()
     engine = ScoringEngine(models, rules, builder, snapshot)
     try:
         engine.probe()

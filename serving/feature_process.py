@@ -58,6 +58,7 @@ class FeatureProcessConfig:
     workers: int = 1
     parallelism: int = 2
     as_of_cache_size: int = 8
+    pin_threads: bool = True
 
 
 class FeatureProcess:
@@ -211,6 +212,7 @@ def _serve(requests: Connection, answers: Connection) -> None:
             workers=config.workers,
             as_of_cache_size=config.as_of_cache_size,
             parallelism=config.parallelism,
+            pin_threads=config.pin_threads,
         ).prepare()
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
         answers.send(("failed", f"{type(exc).__name__}: {exc}".splitlines()[0]))

@@ -543,7 +543,8 @@ class OnlineFeatureBuilder:
     """Features for in-memory profiles with the training code (see the module docstring).
 
     Thread-safe: each call borrows one of `workers` table sets. `parallelism` DuckDB
-    connections per worker run its family statements side by side. `prepare()` does the
+    connections per worker run its family statements side by side, on helper threads
+    pinned to their own CPUs unless `pin_threads` is false (`_CpuPinner`). `prepare()` does the
     expensive part (compile + plan) and is called once at service start-up.
     """
 
@@ -554,12 +555,14 @@ class OnlineFeatureBuilder:
         workers: int = 4,
         as_of_cache_size: int = 8,
         parallelism: int = 2,
+        pin_threads: bool = True,
     ) -> None:
         self.attributes = attributes
         self.params = params
         self.workers = workers
         self.as_of_cache_size = as_of_cache_size
         self.parallelism = parallelism
+        self.pin_threads = pin_threads
 
     def prepare(self) -> OnlineFeatureBuilder:
         self.statements_, self.result_schema_ = compile_feature_statements(self.attributes, self.params)
@@ -579,7 +582,9 @@ class OnlineFeatureBuilder:
             self._pool.put(_Worker(self._database, number, self.statements_, self.schemas_, self.groups_, self.as_of_cache_size))
         helpers = self.workers * len(self.groups_) if len(self.groups_) > 1 else 0
         self._helpers = (
-            ThreadPoolExecutor(helpers, thread_name_prefix="crm-online-features", initializer=_CpuPinner(helpers))
+            ThreadPoolExecutor(
+                helpers, thread_name_prefix="crm-online-features", initializer=_CpuPinner(helpers) if self.pin_threads else None
+            )
             if helpers
             else None
         )

@@ -71,6 +71,11 @@ class ServingSettings(BaseSettings):
     online_parallelism: int = Field(
         default=2, ge=1, description="DuckDB connections running one batch's feature statements side by side."
     )
+    online_pin_threads: bool = Field(
+        default=True,
+        description="Pin each feature connection's helper thread to its own CPU (faster after pauses on small VMs; "
+        "turn off when other heavy processes share the cores).",
+    )
     online_feature_process: bool = Field(
         default=True,
         description="Compute the API's online features in a child process (DuckDB's client and request handling "

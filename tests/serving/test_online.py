@@ -219,3 +219,26 @@ def test_online_params_come_from_the_snapshot(trained_project) -> None:
     latest = store.latest_run()
     assert latest is not None
     assert online_feature_params(read_meta(store, latest.run_id)) != online_feature_params({})  # RFM edges of the population
+
+
+def test_helper_threads_are_pinned_to_distinct_cpus_unless_turned_off(engine) -> None:
+    import os
+    import threading
+
+    def cpus_of_helpers(builder: OnlineFeatureBuilder) -> list[frozenset[int]]:
+        assert builder._helpers is not None
+        barrier = threading.Barrier(2)  # both helpers busy at once: each task on its own thread
+
+        def affinity() -> frozenset[int]:
+            barrier.wait(timeout=10)
+            return frozenset(os.sched_getaffinity(0))
+
+        return [f.result() for f in [builder._helpers.submit(affinity) for _ in range(2)]]
+
+    allowed = frozenset(os.sched_getaffinity(0))
+    pinned = OnlineFeatureBuilder(engine.builder.attributes, engine.builder.params, workers=1, parallelism=2).prepare()
+    floating = OnlineFeatureBuilder(engine.builder.attributes, engine.builder.params, workers=1, parallelism=2, pin_threads=False).prepare()
+    if len(allowed) >= 2:
+        first, second = cpus_of_helpers(pinned)
+        assert len(first) == len(second) == 1 and first != second
+    assert cpus_of_helpers(floating) == [allowed, allowed]
