@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from serving.models import PREDICTION_OF_MODEL, ModelSet, ServedModel
-from training.pyfunc_model import ModelOutputError
 from serving.tags import PreviousTiers, TagColumns, TagRules, evaluate_tag_columns, evaluate_tags
+from training.pyfunc_model import ModelOutputError
 
 KEY = "customer_id"
 
