@@ -20,6 +20,14 @@ a table costs far more, and a sliced table pickles its parent's whole buffers):
 
 A child that dies or stops answering is replaced on the next call (which waits for it);
 the call that saw it fail raises `OnlineFeatureError`.
+
+The child starts with larger allocator caches (`ALLOCATOR_ENVIRONMENT`): on every
+execution DuckDB allocates a 2,048-value vector for each column of each intermediate
+chunk (hundreds for the wide engagement statement) and frees them at the end. By
+default jemalloc's thread cache keeps 20 blocks of a size and glibc's 7, and the rest
+goes back to the arenas and is page-faulted back in on the next request. Measured on an
+8-customer batch (median of 5 alternating runs): the five statements 14.3 -> 9.0 ms
+together, engagement 6.8 -> 3.6 ms.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing.connection import Connection
@@ -43,6 +52,16 @@ from features.pipeline import FeatureParams
 from serving.online import AttributeColumn, OnlineFeatureError, feature_frame, template_schemas
 
 logger = logging.getLogger("crm_scoring.serving")
+
+#: Environment of the child on top of the parent's (a variable the parent already has wins,
+#: so an operator can change or empty them). DuckDB's bundled jemalloc reads
+#: DUCKDB_JE_MALLOC_CONF: up to 1,024 cached blocks per large size class, and no cache
+#: collection every 64 KB of allocation. GLIBC_TUNABLES: up to 2,000 cached chunks per
+#: small size. Both are ignored where they do not apply (another allocator or libc).
+ALLOCATOR_ENVIRONMENT = {
+    "DUCKDB_JE_MALLOC_CONF": "tcache_nslots_large:1024,tcache_gc_incr_bytes:1073741824",
+    "GLIBC_TUNABLES": "glibc.malloc.tcache_count=2000",
+}
 
 
 class FeatureProcessClosedError(OnlineFeatureError):
@@ -95,7 +114,12 @@ class FeatureProcess:
         from_child_read, from_child_write = os.pipe()
         command = [sys.executable, "-m", "serving.feature_process", "--in", str(to_child_read), "--out", str(from_child_write)]
         try:
-            process = subprocess.Popen(command, pass_fds=(to_child_read, from_child_write), stdin=subprocess.DEVNULL)
+            process = subprocess.Popen(
+                command,
+                pass_fds=(to_child_read, from_child_write),
+                stdin=subprocess.DEVNULL,
+                env=child_environment(os.environ),
+            )
         finally:
             os.close(to_child_read)
             os.close(from_child_write)
@@ -183,6 +207,11 @@ class FeatureProcess:
     def features(self, customers: pa.Table, orders: pa.Table, events: pa.Table, as_of: datetime) -> pd.DataFrame:
         """One row per customer created before as_of, ordered by customer_id (as in batch)."""
         return feature_frame(self.feature_table(customers, orders, events, as_of))
+
+
+def child_environment(parent: Mapping[str, str]) -> dict[str, str]:
+    """The feature process's environment: the parent's, plus `ALLOCATOR_ENVIRONMENT` where the parent sets nothing."""
+    return {**ALLOCATOR_ENVIRONMENT, **parent}
 
 
 def _to_ipc(table: pa.Table) -> bytes:

@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ import pytest
 from features.errors import CrmScoringError
 from serving.batch import features_path, online_feature_params, read_meta
 from serving.engine import ScoringEngine, build_engine
-from serving.feature_process import FeatureProcess, FeatureProcessClosedError, FeatureProcessConfig
+from serving.feature_process import ALLOCATOR_ENVIRONMENT, FeatureProcess, FeatureProcessClosedError, FeatureProcessConfig
 from serving.inline import inline_customers
 from serving.online import TABLE_NAMES, OnlineFeatureBuilder, OnlineFeatureError, _partition, cast_columns, combine_family_tables
 from serving.schemas import ScoreRequest
@@ -170,12 +171,20 @@ def test_family_tables_are_put_together_by_customer() -> None:
     assert combined.to_pydict() == {"customer_id": ["a", "b"], "x": [1, 2], "z": [5, 6]}
 
 
-def test_the_feature_process_equals_the_in_process_builder(engine, trained_project, kinds) -> None:
+def test_the_feature_process_equals_the_in_process_builder(engine, trained_project, kinds, monkeypatch) -> None:
     ids = [i for group in kinds.values() for i in group]
     tables = _tables(engine, trained_project, ids)
     as_of = datetime.fromisoformat(AS_OF)
+    # The child gets the allocator settings the parent does not set itself; the parent's own win.
+    monkeypatch.delenv("DUCKDB_JE_MALLOC_CONF", raising=False)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.tcache_count=7")
     process = FeatureProcess(FeatureProcessConfig(engine.builder.attributes, engine.builder.params)).start()
     try:
+        environ = Path(f"/proc/{process.pid}/environ")
+        if environ.exists():
+            variables = dict(item.split("=", 1) for item in environ.read_text().split("\0") if "=" in item)
+            assert variables["DUCKDB_JE_MALLOC_CONF"] == ALLOCATOR_ENVIRONMENT["DUCKDB_JE_MALLOC_CONF"]
+            assert variables["GLIBC_TUNABLES"] == "glibc.malloc.tcache_count=7"
         remote = process.features(*tables, as_of)
         pd.testing.assert_frame_equal(remote, engine.builder.features(*tables, as_of))
     finally:
