@@ -160,6 +160,31 @@ def _convert_attribute(column: AttributeColumn, value: Any) -> Any:
     return float(value)
 
 
+def _drop_repeated_events(columns: dict[str, list[Any]]) -> None:
+    """Keep one row per event_id, in place: repeated deliveries of one event count once,
+    the earliest copy (by occurred_at, then event_type) as in batch validation
+    (`features.validation._dedupe_events`), at the row of the first copy."""
+    present = [event_id for event_id in columns["event_id"] if event_id is not None]
+    if len(set(present)) == len(present):
+        return
+    first_row: dict[str, int] = {}
+    keep: list[int] = []
+    names = list(columns)
+    for row, event_id in enumerate(columns["event_id"]):
+        earlier = first_row.get(event_id) if event_id is not None else None
+        if earlier is None:
+            if event_id is not None:
+                first_row[event_id] = row
+            keep.append(row)
+            continue
+        if (columns["occurred_at"][row], columns["event_type"][row]) < (columns["occurred_at"][earlier], columns["event_type"][earlier]):
+            for name in names:
+                columns[name][earlier] = columns[name][row]
+    for name in names:
+        values = columns[name]
+        columns[name] = [values[row] for row in keep]
+
+
 @dataclass(frozen=True)
 class PreparedBatch:
     """Requests of a micro-batch with their features computed (`ScoringEngine.prepare_batch`).
@@ -188,11 +213,14 @@ class ScoringEngine:
 
     def _tables(self, customers: list[CustomerIn], namespace: str = "") -> tuple[pa.Table, pa.Table, pa.Table]:
         """Arrow tables of one request's customers; `namespace` prefixes customer and order ids
-        so several requests can share one feature query without their ids colliding."""
+        so several requests can share one feature query without their ids colliding.
+
+        The columns are filled a customer's orders and events at a time (a request holds
+        tens of them per customer); the rare duplicates take the slower paths.
+        """
         problems: list[tuple[tuple[str | int, ...], str]] = []
         seen: dict[str, int] = {}
-        order_ids: dict[str, tuple[int, int]] = {}
-        event_rows: dict[str, int] = {}  # event_id -> its row among event_cols
+        order_ids: set[str] = set()
         attributes = self.builder.attributes
         by_name = {a.name: a for a in attributes}
         customer_cols: dict[str, list[Any]] = {"customer_id": [], "created_at": [], **{a.name: [] for a in attributes}}
@@ -204,49 +232,51 @@ class ScoringEngine:
                 problems.append((("body", "customers", i, "customer_id"), f"duplicate customer_id (also customers[{seen[cid]}])"))
                 continue
             seen[cid] = i
-            customer_cols["customer_id"].append(namespace + cid)
+            key = namespace + cid
+            customer_cols["customer_id"].append(key)
             customer_cols["created_at"].append(customer.created_at)
             values: dict[str, Any] = {}
-            for key, raw in customer.attributes.items():
-                name = normalise_name(key)
+            for name_in_request, raw in customer.attributes.items():
+                name = normalise_name(name_in_request)
                 column = by_name.get(name)
                 if column is None:
                     continue  # attributes no served model reads (and PII) are ignored
                 try:
                     values[name] = _convert_attribute(column, raw)
                 except ValueError as exc:
-                    problems.append((("body", "customers", i, "attributes", key), str(exc)))
+                    problems.append((("body", "customers", i, "attributes", name_in_request), str(exc)))
             for a in attributes:
                 customer_cols[a.name].append(values.get(a.name))
-            currencies = {o.currency for o in customer.orders if o.currency}
+            orders = customer.orders
+            currencies = {o.currency for o in orders if o.currency}
             if len(currencies) > 1:
                 problems.append((("body", "customers", i, "orders"), f"mixed currencies {sorted(currencies)}"))
-            for j, order in enumerate(customer.orders):
-                if order.order_id in order_ids:
-                    problems.append((("body", "customers", i, "orders", j, "order_id"), "duplicate order_id"))
-                    continue
-                order_ids[order.order_id] = (i, j)
-                order_cols["order_id"].append(namespace + order.order_id)
-                order_cols["customer_id"].append(namespace + cid)
-                order_cols["ordered_at"].append(order.ordered_at)
-                order_cols["amount"].append(order.amount)
-                order_cols["status"].append(order.status)
-                order_cols["category"].append(order.category)
-                order_cols["currency"].append(order.currency)
-            for event in customer.events:
-                row = (namespace + cid, event.occurred_at, event.event_type, event.event_id, event.channel)
-                if event.event_id is not None:
-                    # Repeated deliveries of one event count once, the earliest copy as in
-                    # batch validation (`features.validation._dedupe_events`).
-                    earlier = event_rows.get(event.event_id)
-                    if earlier is not None:
-                        if (event.occurred_at, event.event_type) < (event_cols["occurred_at"][earlier], event_cols["event_type"][earlier]):
-                            for name, value in zip(event_cols, row, strict=True):
-                                event_cols[name][earlier] = value
+            ids = [o.order_id for o in orders]
+            if len(set(ids)) == len(ids) and order_ids.isdisjoint(ids):
+                order_ids.update(ids)
+            else:
+                kept = []
+                for j, order in enumerate(orders):
+                    if order.order_id in order_ids:
+                        problems.append((("body", "customers", i, "orders", j, "order_id"), "duplicate order_id"))
                         continue
-                    event_rows[event.event_id] = len(event_cols["customer_id"])
-                for name, value in zip(event_cols, row, strict=True):
-                    event_cols[name].append(value)
+                    order_ids.add(order.order_id)
+                    kept.append(order)
+                orders, ids = kept, [o.order_id for o in kept]
+            order_cols["order_id"] += [namespace + x for x in ids] if namespace else ids
+            order_cols["customer_id"] += [key] * len(orders)
+            order_cols["ordered_at"] += [o.ordered_at for o in orders]
+            order_cols["amount"] += [o.amount for o in orders]
+            order_cols["status"] += [o.status for o in orders]
+            order_cols["category"] += [o.category for o in orders]
+            order_cols["currency"] += [o.currency for o in orders]
+            events = customer.events
+            event_cols["customer_id"] += [key] * len(events)
+            event_cols["occurred_at"] += [e.occurred_at for e in events]
+            event_cols["event_type"] += [e.event_type for e in events]
+            event_cols["event_id"] += [e.event_id for e in events]
+            event_cols["channel"] += [e.channel for e in events]
+        _drop_repeated_events(event_cols)
         if problems:
             raise InputError(problems)
         schemas = self.builder.schemas_

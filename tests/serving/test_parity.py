@@ -120,6 +120,27 @@ def test_a_repeated_event_counts_once_as_in_batch(engine: ScoringEngine, snapsho
     assert expected[0]["predictions"]["churn"]["probability"] == pytest.approx(snapshot.loc[cid, "churn_probability"], abs=1e-9)
 
 
+def test_repeated_events_keep_the_earliest_copy_at_the_first_copys_row() -> None:
+    from serving.engine import _drop_repeated_events
+
+    columns = {
+        "customer_id": ["a", "a", "b", "b", "b"],
+        "occurred_at": [3, 1, 2, 5, 2],
+        "event_type": ["x", "y", "z", "w", "a"],
+        "event_id": ["e1", None, "e1", None, "e1"],
+        "channel": ["web", None, "app", None, "email"],
+    }
+    _drop_repeated_events(columns)
+    # e1 came three times (the third ties the second on time and wins on type), across customers.
+    assert columns == {
+        "customer_id": ["b", "a", "b"],
+        "occurred_at": [2, 1, 5],
+        "event_type": ["a", "y", "w"],
+        "event_id": ["e1", None, None],
+        "channel": ["email", None, None],
+    }
+
+
 def test_micro_batched_requests_equal_separate_ones(engine: ScoringEngine, snapshot: pd.DataFrame, trained_project: TrainedProject) -> None:
     from serving.engine import InputError
 
