@@ -523,8 +523,7 @@ class _CpuPinner:
     cannot pin (`os.sched_setaffinity` missing) or only one CPU is allowed.
     """
 
-    def __init__(self, threads: int) -> None:
-        self.threads = threads
+    def __init__(self) -> None:
         self._started = 0
         self._lock = threading.Lock()
 
@@ -583,7 +582,7 @@ class OnlineFeatureBuilder:
         helpers = self.workers * len(self.groups_) if len(self.groups_) > 1 else 0
         self._helpers = (
             ThreadPoolExecutor(
-                helpers, thread_name_prefix="crm-online-features", initializer=_CpuPinner(helpers) if self.pin_threads else None
+                helpers, thread_name_prefix="crm-online-features", initializer=_CpuPinner() if self.pin_threads else None
             )
             if helpers
             else None
