@@ -81,3 +81,24 @@ def test_the_service_module_installs_the_fix() -> None:
     assert traffic.TimeoutMiddleware is CancellingTimeoutMiddleware
     bentoml_fixes.install()  # idempotent
     assert traffic.TimeoutMiddleware is CancellingTimeoutMiddleware
+
+
+def test_tracing_middleware_is_left_out_only_when_nothing_is_exported() -> None:
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from starlette.middleware import Middleware
+
+    built = [Middleware(OpenTelemetryMiddleware), Middleware(CancellingTimeoutMiddleware, timeout=60)]
+    idle = TracerProvider()  # BentoML's provider when tracing.exporter_type is unset
+    assert not bentoml_fixes.exports_spans(idle)
+    assert [m.cls for m in bentoml_fixes.without_idle_tracing(built, idle)] == [CancellingTimeoutMiddleware]
+
+    exporting = TracerProvider()
+    exporting.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    assert bentoml_fixes.exports_spans(exporting)
+    assert bentoml_fixes.without_idle_tracing(built, exporting) == built
+    # A provider we cannot look into is assumed to export: tracing stays.
+    assert bentoml_fixes.without_idle_tracing(built, object()) == built
+

@@ -54,6 +54,14 @@ def body(*customers: dict[str, Any], as_of: str | None = f"{AS_OF}T00:00:00Z") -
     return {"as_of": as_of, "customers": list(customers)} if as_of else {"customers": list(customers)}
 
 
+def test_the_app_has_bentoml_middleware_but_no_idle_tracing(client: TestClient) -> None:
+    # No trace exporter is configured here: BentoML's tracing middleware would only make
+    # spans nobody receives (serving.bentoml_fixes). Metrics and the fixed timeout stay.
+    names = [m.cls.__name__ for m in client.app.user_middleware]
+    assert "OpenTelemetryMiddleware" not in names
+    assert {"RunnerTrafficMetricsMiddleware", "CancellingTimeoutMiddleware"} <= set(names)
+
+
 def test_health_endpoints_are_open(client: TestClient) -> None:
     for path in ("/healthz", "/livez", "/readyz"):
         assert client.get(path).status_code == 200, path
