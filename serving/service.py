@@ -291,6 +291,7 @@ class CrmScoring:
                 parallelism=self.settings.online_parallelism,
                 feature_process=self.settings.online_feature_process,
                 pin_threads=self.settings.online_pin_threads,
+                prediction_threads=self.settings.resolved_prediction_threads,
             )
         except Exception as exc:  # noqa: BLE001 - any failure keeps the service up but not ready
             self.load_error = f"{type(exc).__name__}: {exc}".splitlines()[0]

@@ -7,6 +7,7 @@ command, the service) and pass it in.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -76,6 +77,12 @@ class ServingSettings(BaseSettings):
         description="Pin each feature connection's helper thread to its own CPU (faster after pauses on small VMs; "
         "turn off when other heavy processes share the cores).",
     )
+    prediction_threads: int = Field(
+        default=0,
+        ge=0,
+        description="LightGBM threads for the API's predictions and reasons (0: one per CPU this process may use). "
+        "Results do not depend on it.",
+    )
     online_feature_process: bool = Field(
         default=True,
         description="Compute the API's online features in a child process (DuckDB's client and request handling "
@@ -86,6 +93,12 @@ class ServingSettings(BaseSettings):
         default=None,
         description="Signing secret for trigger webhooks: 'whsec_<base64>' (Standard Webhooks) or any string.",
     )
+
+    @property
+    def resolved_prediction_threads(self) -> int:
+        if self.prediction_threads:
+            return self.prediction_threads
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     @property
     def resolved_store_dir(self) -> Path:

@@ -152,3 +152,20 @@ def test_snapshot_tags_are_matched_to_the_rows_by_position() -> None:
     assert aligned is not None
     assert {column: list(values) for column, values in aligned.values.items()} == {"tag_churn_risk": [None, None, "high"]}
     assert aligned.codes("tag_churn_risk", ("high", "medium", "low")).tolist() == [-1, -1, 0]
+
+
+def test_predictions_and_reasons_do_not_depend_on_the_thread_count(trained_project: TrainedProject, features) -> None:
+    # The API predicts with one thread per CPU (CRMSCORE_PREDICTION_THREADS), training with one.
+    settings = TrainingSettings(project_dir=trained_project.root, tracking_uri=trained_project.env["CRMSCORE_TRACKING_URI"])
+    one, several = load_model_set(settings, threads=1), load_model_set(settings, threads=3)
+    rows = features.iloc[:200]
+    compared = 0
+    for name, model in one.models.items():
+        if model.predict_with_reasons is None:
+            continue
+        probability, reasons = model.predict_with_reasons(rows, 3)
+        other_probability, other_reasons = several.models[name].predict_with_reasons(rows, 3)
+        np.testing.assert_array_equal(probability, other_probability)
+        assert reasons == other_reasons
+        compared += 1
+    assert compared >= 2  # lead scoring and churn
