@@ -476,10 +476,19 @@ class _Worker:
         return sql.replace(_COMPILED_SCHEMA, f'"{self.schema}".')
 
     def clear(self) -> None:
-        """Empty the tables (a no-op when they are)."""
+        """Empty the tables (a no-op when they are) and vacuum the deleted rows.
+
+        A DELETE only marks rows deleted; they stay in the tables' row groups, and every
+        later scan walks past them. Over a few hundred requests the tables grew to ~100,000
+        deleted rows and an 8-customer batch's statements took 22.6 instead of 15.5 ms.
+        DuckDB vacuums an in-memory table when the database is checkpointed (since 1.4);
+        the checkpoint changes no catalog entry, so the prepared statements stay planned.
+        It is safe next to other connections' transactions (they keep their snapshot).
+        """
         if self._holds_rows:
             for key in self._rows:
                 self.loader.execute(f"EXECUTE crm_delete_{key}")
+            self.loader.execute("CHECKPOINT")
             self._holds_rows = False
 
     def _load_shared(self, tables: dict[str, pa.Table]) -> None:
