@@ -101,4 +101,3 @@ def test_tracing_middleware_is_left_out_only_when_nothing_is_exported() -> None:
     assert bentoml_fixes.without_idle_tracing(built, exporting) == built
     # A provider we cannot look into is assumed to export: tracing stays.
     assert bentoml_fixes.without_idle_tracing(built, object()) == built
-
