@@ -9,12 +9,15 @@ the rows it was prepared with would show up here as wrong or missing rows.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -96,7 +99,7 @@ def test_prepared_statements_hold_while_the_rows_change(engine, trained_project,
     assert all(len(connection.prepared) == 1 for connection in worker.connections)  # planned once, reused
 
 
-def test_clear_empties_the_tables_between_calls(engine, trained_project, batch_features, kinds) -> None:
+def test_clear_empties_the_tables_between_calls(engine, trained_project, batch_features, kinds, caplog) -> None:
     builder = OnlineFeatureBuilder(engine.builder.attributes, engine.builder.params, workers=1).prepare()
     as_of = datetime.fromisoformat(AS_OF)
     worker = builder._pool.get()
@@ -121,6 +124,25 @@ def test_clear_empties_the_tables_between_calls(engine, trained_project, batch_f
     _assert_rows_equal(builder.features(*_tables(engine, trained_project, second), as_of), batch_features, second)
     # Without a clear in between, the next call still sees only its own rows.
     _assert_rows_equal(builder.features(*_tables(engine, trained_project, first), as_of), batch_features, first)
+
+    # A failing checkpoint costs only the vacuum: the rows are gone, it is logged, calls go on.
+    class FailingCheckpoint:
+        def __init__(self, connection: Any) -> None:
+            self.connection = connection
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql == "CHECKPOINT":
+                raise duckdb.IOException("checkpoint refused")
+            return self.connection.execute(sql, *args)
+
+    real_loader = worker.loader
+    worker.loader = FailingCheckpoint(real_loader)
+    with caplog.at_level(logging.WARNING, logger="crm_scoring.serving"):
+        builder.clear()
+    worker.loader = real_loader
+    assert rows() == 0 and stored_rows() > 0
+    assert "not vacuumed" in caplog.text and "checkpoint refused" in caplog.text
+    _assert_rows_equal(builder.features(*_tables(engine, trained_project, second), as_of), batch_features, second)
 
 
 def test_every_family_statement_runs_side_by_side_and_in_sequence(engine, trained_project, batch_features, kinds) -> None:
