@@ -30,7 +30,7 @@ from serving.batch import features_path, online_feature_params, read_meta
 from serving.models import ModelSet, load_model_set
 from serving.feature_process import FeatureProcess, FeatureProcessConfig
 from serving.online import AttributeColumn, OnlineFeatureBuilder, attribute_columns_for
-from serving.schemas import CustomerIn, ScoreRequest, now_utc, utc_naive
+from serving.schemas import FUTURE_TIMESTAMP, CustomerIn, ScoreRequest, future_timestamp_locs, latest_allowed, now_utc, utc_naive
 from serving.scoring import KEY, PERCENTILE_OF, PercentileReference, add_reasons, not_eligible_result, render_result, score_records
 from serving.store import RunRecord, ScoreStore
 from serving.tags import TAG_COLUMN_PREFIX, AlignedPreviousTags, TagRules, load_tag_rules
@@ -177,12 +177,24 @@ def _drop_repeated_events(columns: dict[str, list[Any]]) -> None:
                 first_row[event_id] = row
             keep.append(row)
             continue
-        if (columns["occurred_at"][row], columns["event_type"][row]) < (columns["occurred_at"][earlier], columns["event_type"][earlier]):
+        # Compared as UTC instants: a request may mix zoned and zone-less (UTC) timestamps.
+        if (utc_naive(columns["occurred_at"][row]), columns["event_type"][row]) < (
+            utc_naive(columns["occurred_at"][earlier]),
+            columns["event_type"][earlier],
+        ):
             for name in names:
                 columns[name][earlier] = columns[name][row]
     for name in names:
         values = columns[name]
         columns[name] = [values[row] for row in keep]
+
+
+def _holds_future_timestamps(tables: tuple[pa.Table, pa.Table, pa.Table]) -> bool:
+    """Whether a created_at, ordered_at or occurred_at is beyond `latest_allowed()` (one
+    vectorized pass; the columns are required, so they hold no nulls)."""
+    limit = np.datetime64(latest_allowed(), "us")
+    columns = (tables[0].column("created_at"), tables[1].column("ordered_at"), tables[2].column("occurred_at"))
+    return any(len(chunk) and chunk.to_numpy().max() > limit for column in columns for chunk in column.chunks)
 
 
 @dataclass(frozen=True)
@@ -277,14 +289,18 @@ class ScoringEngine:
             event_cols["event_id"] += [e.event_id for e in events]
             event_cols["channel"] += [e.channel for e in events]
         _drop_repeated_events(event_cols)
-        if problems:
-            raise InputError(problems)
         schemas = self.builder.schemas_
-        return (
+        # Zoned timestamps become UTC as Arrow converts them (zone-less ones are UTC already).
+        tables = (
             pa.table(customer_cols, schema=schemas["customers"]),
             pa.table(order_cols, schema=schemas["orders"]),
             pa.table(event_cols, schema=schemas["events"]),
         )
+        if _holds_future_timestamps(tables):
+            problems += [(loc, FUTURE_TIMESTAMP) for loc in future_timestamp_locs(customers)]
+        if problems:
+            raise InputError(problems)
+        return tables
 
     def _previous_tags(self, customer_ids: list[str]) -> AlignedPreviousTags | None:
         return self.snapshot.previous_tags(customer_ids) if self.snapshot is not None else None

@@ -17,8 +17,8 @@ plans the resulting SQL in ~50 ms, far over a per-request budget. So at start-up
 Per request the rows replace a worker's table contents and the family statements run
 side by side on its connections (DuckDB releases the GIL; each connection's helper thread
 is pinned to its own core, and loads the tables only its statements read, the orders or
-the events, before running them); their columns are put
-together as `build_features` joins them (the eligible customers ordered by customer_id;
+the events, before running them; one of them loads the customers, which all read, too);
+their columns are put together as `build_features` joins them (the eligible customers ordered by customer_id;
 a shared column is kept from its first family), and the start-up check `combined_schema`
 refuses a layout that differs from the full expression's. The statements leave out
 `build_features`' join onto the eligible customers and its ORDER BY: each family already
@@ -52,7 +52,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -158,7 +158,10 @@ def template_schemas(attributes: tuple[AttributeColumn, ...]) -> dict[str, pa.Sc
 def template_tables(schemas: dict[str, pa.Schema], customers: pa.Table, orders: pa.Table, events: pa.Table) -> dict[str, pa.Table]:
     """The three tables with the template tables' columns and types."""
     given = {"customers": customers, "orders": orders, "events": events}
-    return {name: given[name].select(schema.names).cast(schema) for name, schema in schemas.items()}
+    return {
+        name: table if (table := given[name]).schema.equals(schema) else table.select(schema.names).cast(schema)
+        for name, schema in schemas.items()
+    }
 
 
 def _timestamp_literal_sql(as_of: datetime) -> str:
@@ -208,11 +211,13 @@ def combine_family_tables(tables: list[pa.Table]) -> pa.Table:
     """The family results as one table ordered by customer_id (see `combined_schema`); each
     family must hold the same customers."""
     names: list[str] = [KEY]
+    seen = {KEY}
     columns: list[pa.ChunkedArray] = []
     key: pa.ChunkedArray | None = None
     for table in tables:
         # Only the columns this family adds are reordered; a table already in order is kept.
-        own = [name for name in table.column_names if name not in names]
+        own = [name for name in table.column_names if name not in seen]
+        seen.update(own)
         table = _sorted_by_key(table.select([KEY, *own]))
         if key is None:
             key = table.column(KEY)
@@ -234,7 +239,10 @@ def _sorted_by_key(table: pa.Table) -> pa.Table:
 
 def cast_columns(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """`table.cast(schema)` that converts only the columns whose type differs (a small
-    table's cast costs mostly per column, not per value)."""
+    table's cast costs mostly per column, not per value); a table of that schema already
+    is returned as it is (measured: 0.26 ms per 8-customer batch for nothing to convert)."""
+    if table.schema.equals(schema):
+        return table
     if table.schema.names != schema.names:
         raise OnlineFeatureError("the feature table's columns differ from the full feature expression's")
     columns = table.columns
@@ -437,8 +445,12 @@ class _Worker:
     """One set of template tables (a schema of the online database) and its connections.
 
     A table that the statements of only one connection read is loaded by that connection,
-    on its helper thread, just before its statements (the loads of a request then run
-    side by side, as the statements do); the others are loaded first, by the worker.
+    on its helper thread, just before its statements. The others (the customers) are
+    loaded on the helper thread of the `lead` connection, before its own table, while the
+    other connections load theirs; those wait for the shared tables only before running
+    their statements. The loads of a request then run side by side, as the statements do
+    (measured, 8 customers, pauses of 20 ms between calls: 16.8 -> 15.8 and 18.4 -> 16.9
+    ms p50 against loading the shared tables first; the lead is the cheapest group).
     """
 
     def __init__(
@@ -449,7 +461,9 @@ class _Worker:
         schemas: dict[str, pa.Schema],
         groups: tuple[tuple[int, ...], ...],
         cache_size: int,
+        lead: int = 0,
     ) -> None:
+        self.lead = lead
         self.schema = f"crm_online_{number}"
         self.loader = database.cursor()
         self.loader.execute(f'CREATE SCHEMA "{self.schema}"')
@@ -499,14 +513,18 @@ class _Worker:
             except duckdb.Error as exc:
                 logger.warning("online feature tables not vacuumed (the next clear retries): %s", exc)
 
-    def _load_shared(self, tables: dict[str, pa.Table]) -> None:
+    def _empty(self, tables: dict[str, pa.Table]) -> None:
+        """Empty the tables before `tables` go in (and remember whether they hold rows then)."""
         self.clear()
         self._holds_rows = any(table.num_rows for table in tables.values())
+
+    def _load_shared(self, tables: dict[str, pa.Table]) -> None:
         for key in self.shared_tables:
             _insert(self.loader, key, self._rows[key], tables[key])
 
     def load(self, tables: dict[str, pa.Table]) -> None:
         """Replace the rows of every table (one after the other)."""
+        self._empty(tables)
         self._load_shared(tables)
         for connection in self.connections:
             connection.load(tables)
@@ -514,18 +532,44 @@ class _Worker:
     def run(self, tables: dict[str, pa.Table], as_of: datetime, pool: ThreadPoolExecutor | None) -> pa.Table:
         """The family statements on these rows, side by side on the worker's connections.
         The rows stay in the tables until the next load or `clear`."""
-        self._load_shared(tables)
+        self._empty(tables)
         results: list[tuple[int, pa.Table]] = []
         if pool is None or len(self.connections) == 1:
+            self._load_shared(tables)
             for connection in self.connections:
                 results += connection.load_and_execute(tables, as_of)
         else:
             # Every group on a helper thread, the caller only waits: measured ~3 ms faster
             # than the caller running a group itself (it then competes for the GIL).
-            for future in [pool.submit(c.load_and_execute, tables, as_of) for c in self.connections]:
+            for future in self._submit(tables, as_of, pool):
                 results += future.result()
         ordered = [table for _, table in sorted(results, key=lambda item: item[0])]
         return combine_family_tables(ordered)
+
+    def _submit(self, tables: dict[str, pa.Table], as_of: datetime, pool: ThreadPoolExecutor) -> list[Future[list[tuple[int, pa.Table]]]]:
+        """Each connection's loads and statements on a helper thread; the lead's thread loads
+        the shared tables first, and the others wait for them before their statements."""
+        shared_loaded = threading.Event()
+        failures: list[BaseException] = []
+
+        def lead(connection: _Connection) -> list[tuple[int, pa.Table]]:
+            try:
+                self._load_shared(tables)
+            except BaseException as exc:
+                failures.append(exc)
+                raise
+            finally:
+                shared_loaded.set()  # also on failure: the others stop waiting
+            return connection.load_and_execute(tables, as_of)
+
+        def follow(connection: _Connection) -> list[tuple[int, pa.Table]]:
+            connection.load(tables)
+            shared_loaded.wait()
+            if failures:
+                raise OnlineFeatureError(f"the shared feature tables were not loaded: {failures[0]}") from failures[0]
+            return connection.execute(as_of)
+
+        return [pool.submit(lead if n == self.lead else follow, c) for n, c in enumerate(self.connections)]
 
 
 class _CpuPinner:
@@ -588,14 +632,19 @@ class OnlineFeatureBuilder:
         # One thread per statement: a request's rows fit in one vector, and the statements
         # already run side by side.
         self._database.execute("SET threads = 1")
+        costs = self._statement_costs()
         self.groups_ = _partition(
-            self._statement_costs(),
+            costs,
             max(1, min(self.parallelism, len(self.statements_))),
             [statement.tables for statement in self.statements_],
         )
+        group_costs = [sum(costs[i] for i in group) for group in self.groups_]
+        lead = group_costs.index(min(group_costs))  # loads the shared tables too (`_Worker`)
         self._pool: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         for number in range(self.workers):
-            self._pool.put(_Worker(self._database, number, self.statements_, self.schemas_, self.groups_, self.as_of_cache_size))
+            self._pool.put(
+                _Worker(self._database, number, self.statements_, self.schemas_, self.groups_, self.as_of_cache_size, lead)
+            )
         helpers = self.workers * len(self.groups_) if len(self.groups_) > 1 else 0
         self._helpers = (
             ThreadPoolExecutor(

@@ -1,7 +1,11 @@
 """Request and response bodies of the scoring API (pydantic, unknown fields rejected).
 
 Timestamps are ISO 8601; a value without a zone is read as UTC (as in the profile
-contract). Limits that protect the service (orders and events per customer) are part of
+contract). A timestamp more than `FUTURE_TOLERANCE` ahead of the clock is an input error.
+`as_of` is checked here; the ~70 timestamps of a typical customer are checked in one pass
+over the Arrow columns the engine builds from them (`latest_allowed`,
+`future_timestamp_locs`): a Python validator per timestamp cost 0.13 of the 0.20 ms that
+validating such a request took. Limits that protect the service (orders and events per customer) are part of
 the schema so a client learns them from the OpenAPI document; the customers-per-request
 limit is a setting and is checked by the service (413).
 
@@ -59,10 +63,19 @@ class _FutureLimit:
 _future_limit = _FutureLimit()
 
 
+#: The message of a timestamp beyond `latest_allowed()`.
+FUTURE_TIMESTAMP = "timestamp is in the future"
+
+
+def latest_allowed() -> datetime:
+    """The latest timestamp a request may hold (naive UTC): now + FUTURE_TOLERANCE."""
+    return _future_limit()
+
+
 def _not_future(value: datetime) -> datetime:
     value = utc_naive(value)
     if value > _future_limit():
-        raise ValueError("timestamp is in the future")
+        raise ValueError(FUTURE_TIMESTAMP)
     return value
 
 
@@ -78,16 +91,12 @@ class OrderIn(_Strict):
     category: ShortText | None = None
     currency: Annotated[str, Field(min_length=3, max_length=3)] | None = None
 
-    _when = field_validator("ordered_at")(_not_future)
-
 
 class EventIn(_Strict):
     occurred_at: datetime
     event_type: ShortText
     event_id: Identifier | None = None
     channel: ShortText | None = None
-
-    _when = field_validator("occurred_at")(_not_future)
 
 
 class CustomerIn(_Strict):
@@ -96,8 +105,6 @@ class CustomerIn(_Strict):
     attributes: dict[str, AttributeValue] = Field(default_factory=dict, max_length=MAX_ATTRIBUTES)
     orders: list[OrderIn] = Field(default_factory=list, max_length=MAX_ORDERS_PER_CUSTOMER)
     events: list[EventIn] = Field(default_factory=list, max_length=MAX_EVENTS_PER_CUSTOMER)
-
-    _when = field_validator("created_at")(_not_future)
 
     @field_validator("attributes")
     @classmethod
@@ -118,6 +125,19 @@ class ScoreRequest(_Strict):
     @classmethod
     def _as_of_not_future(cls, value: datetime | None) -> datetime | None:
         return None if value is None else _not_future(value)
+
+
+def future_timestamp_locs(customers: list[CustomerIn]) -> list[tuple[str | int, ...]]:
+    """Field paths of the customers' timestamps beyond `latest_allowed()` (created_at,
+    ordered_at, occurred_at), in request order."""
+    limit = _future_limit()
+    locs: list[tuple[str | int, ...]] = []
+    for i, customer in enumerate(customers):
+        if utc_naive(customer.created_at) > limit:
+            locs.append(("body", "customers", i, "created_at"))
+        locs += [("body", "customers", i, "orders", j, "ordered_at") for j, o in enumerate(customer.orders) if utc_naive(o.ordered_at) > limit]
+        locs += [("body", "customers", i, "events", j, "occurred_at") for j, e in enumerate(customer.events) if utc_naive(e.occurred_at) > limit]
+    return locs
 
 
 class ScoreByIdRequest(_Strict):

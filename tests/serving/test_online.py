@@ -161,6 +161,36 @@ def test_every_family_statement_runs_side_by_side_and_in_sequence(engine, traine
             assert worker.shared_tables == ["customers"] and sorted(owned) == ["events", "orders"]
 
 
+def test_a_failed_shared_load_fails_the_call_without_stranding_the_other_connections(engine, trained_project, batch_features, kinds, monkeypatch) -> None:
+    import concurrent.futures
+
+    import serving.online as online
+
+    builder = OnlineFeatureBuilder(engine.builder.attributes, engine.builder.params, workers=1, parallelism=2).prepare()
+    worker = builder._pool.get()
+    builder._pool.put(worker)
+    assert worker.shared_tables == ["customers"] and 0 <= worker.lead < len(worker.connections)
+    as_of = datetime.fromisoformat(AS_OF)
+    ids = kinds["buyer"][:2]
+    real_insert = online._insert
+
+    def refuse_customers(con: Any, key: str, rows: Any, table: pa.Table) -> None:
+        if key == "customers":
+            raise duckdb.IOException("disk says no")
+        real_insert(con, key, rows, table)
+
+    monkeypatch.setattr(online, "_insert", refuse_customers)
+    caller = concurrent.futures.ThreadPoolExecutor(1)
+    call = caller.submit(builder.features, *_tables(engine, trained_project, ids), as_of)
+    try:
+        with pytest.raises((duckdb.IOException, OnlineFeatureError), match="disk says no"):
+            call.result(timeout=60)  # the connections that waited for the customers gave up too
+    finally:
+        caller.shutdown(wait=False)  # a stranded call must fail the test, not hang it
+    monkeypatch.setattr(online, "_insert", real_insert)
+    _assert_rows_equal(builder.features(*_tables(engine, trained_project, ids), as_of), batch_features, ids)
+
+
 def test_partition_keeps_the_statements_of_a_table_together() -> None:
     reads = [frozenset(r) for r in ({"c", "o"}, {"c", "o"}, {"c", "e"}, {"c", "e"}, {"c"})]
     costs = [3.2, 4.0, 6.3, 0.8, 0.3]
@@ -176,6 +206,8 @@ def test_cast_columns_converts_only_what_differs() -> None:
     table = pa.table({"customer_id": ["a"], "n": pa.array([2], pa.decimal128(38, 0)), "x": [1.5]})
     schema = pa.schema([("customer_id", pa.string()), ("n", pa.int64()), ("x", pa.float64())])
     assert cast_columns(table, schema).equals(table.cast(schema))
+    typed = table.cast(schema)
+    assert cast_columns(typed, schema) is typed  # nothing to convert: the table itself
     with pytest.raises(OnlineFeatureError, match="columns differ"):
         cast_columns(table.select(["customer_id", "x", "n"]), schema)
 

@@ -121,11 +121,16 @@ def test_a_repeated_event_counts_once_as_in_batch(engine: ScoringEngine, snapsho
 
 
 def test_repeated_events_keep_the_earliest_copy_at_the_first_copys_row() -> None:
+    from datetime import datetime, timedelta, timezone
+
     from serving.engine import _drop_repeated_events
 
+    day = {d: datetime(2025, 1, d) for d in (1, 2, 3, 5)}
+    # The same instant as day[2], written in another zone (requests may mix zoned and UTC values).
+    day_2_in_paris = datetime(2025, 1, 2, 1, 0, tzinfo=timezone(timedelta(hours=1)))
     columns = {
         "customer_id": ["a", "a", "b", "b", "b"],
-        "occurred_at": [3, 1, 2, 5, 2],
+        "occurred_at": [day[3], day[1], day[2], day[5], day_2_in_paris],
         "event_type": ["x", "y", "z", "w", "a"],
         "event_id": ["e1", None, "e1", None, "e1"],
         "channel": ["web", None, "app", None, "email"],
@@ -134,11 +139,44 @@ def test_repeated_events_keep_the_earliest_copy_at_the_first_copys_row() -> None
     # e1 came three times (the third ties the second on time and wins on type), across customers.
     assert columns == {
         "customer_id": ["b", "a", "b"],
-        "occurred_at": [2, 1, 5],
+        "occurred_at": [day_2_in_paris, day[1], day[5]],
         "event_type": ["a", "y", "w"],
         "event_id": ["e1", None, None],
         "channel": ["email", None, None],
     }
+
+
+def test_timestamps_are_utc_instants_when_checked_against_the_clock(engine: ScoringEngine) -> None:
+    """Zoned timestamps count as the instants they name: one written in a zone ahead of UTC
+    may show a wall time past the clock, one in a zone behind may show an earlier one."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from serving.engine import InputError
+
+    now = datetime.now(UTC)
+
+    def written_in(offset_hours: int, instant: datetime) -> str:
+        return instant.astimezone(timezone(timedelta(hours=offset_hours))).isoformat()
+
+    customer = {
+        "customer_id": "c-zones",
+        "created_at": "2024-01-01T00:00:00",
+        "orders": [
+            {"order_id": "o-1", "ordered_at": written_in(+9, now - timedelta(hours=1)), "amount": 5.0},
+            {"order_id": "o-2", "ordered_at": written_in(-5, now + timedelta(minutes=30)), "amount": 5.0},
+        ],
+        "events": [{"occurred_at": written_in(+2, now + timedelta(minutes=2)), "event_type": "page_view"}],
+    }
+    request = ScoreRequest.model_validate({"customers": [customer]})
+    with pytest.raises(InputError) as raised:
+        engine._tables(request.customers)
+    assert raised.value.problems == [(("body", "customers", 0, "orders", 1, "ordered_at"), "timestamp is in the future")]
+
+    del customer["orders"][1]
+    _, orders, events = engine._tables(ScoreRequest.model_validate({"customers": [customer]}).customers)
+    expected = (now - timedelta(hours=1)).replace(tzinfo=None)
+    assert orders.column("ordered_at").to_pylist() == [expected]  # stored as UTC wall time
+    assert events.num_rows == 1
 
 
 def test_micro_batched_requests_equal_separate_ones(engine: ScoringEngine, snapshot: pd.DataFrame, trained_project: TrainedProject) -> None:

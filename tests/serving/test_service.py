@@ -118,6 +118,7 @@ def _loc(response: httpx.Response) -> list[list[Any]]:
         (lambda c: c["orders"][0].update(ordered_at="2099-01-01T00:00:00Z"), 422, ["body", "customers", 0, "orders", 0, "ordered_at"]),
         (lambda c: c["orders"][0].update(coupon="x"), 422, ["body", "customers", 0, "orders", 0, "coupon"]),
         (lambda c: c.update(events=[{"occurred_at": "2025-01-01T00:00:00Z"}]), 422, ["body", "customers", 0, "events", 0, "event_type"]),
+        (lambda c: c.update(events=[{"occurred_at": "2099-01-01T00:00:00+05:00", "event_type": "x"}, *c["events"]]), 422, ["body", "customers", 0, "events", 0, "occurred_at"]),
         (lambda c: c.update(loyalty=1), 422, ["body", "customers", 0, "loyalty"]),
         (lambda c: c.update(orders="none"), 422, ["body", "customers", 0, "orders"]),
         (lambda c: c["attributes"].update(industry=5), 422, ["body", "customers", 0, "attributes", "industry"]),
@@ -132,13 +133,26 @@ def test_bad_fields_get_422_with_the_field_path(client: TestClient, customer: di
     assert loc in _loc(response), _loc(response)
 
 
+def test_the_openapi_document_describes_the_score_body(client: TestClient) -> None:
+    # /v1/score reads its body itself (serving.service.read_score_request); the document still shows it.
+    document = client.get("/v1/openapi.json").json()
+    body_schema = document["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body_schema == {"$ref": "#/components/schemas/ScoreRequest"}
+    schemas = document["components"]["schemas"]
+    assert schemas["ScoreRequest"]["properties"]["customers"]["items"] == {"$ref": "#/components/schemas/CustomerIn"}
+    assert schemas["CustomerIn"]["properties"]["orders"]["items"] == {"$ref": "#/components/schemas/OrderIn"}
+    assert {"OrderIn", "EventIn", "ScoreResponse"} <= set(schemas)
+
+
 def test_request_level_problems(client: TestClient, customer: dict[str, Any]) -> None:
     assert client.post("/v1/score", json={**body(customer), "debug": True}, headers=AUTH).status_code == 422
     assert client.post("/v1/score", json={"customers": []}, headers=AUTH).status_code == 422
     assert client.post("/v1/score", json=body(customer, as_of="2099-01-01"), headers=AUTH).status_code == 422
     dup = client.post("/v1/score", json=body(customer, customer), headers=AUTH)
     assert dup.status_code == 422 and ["body", "customers", 1, "customer_id"] in _loc(dup)
-    assert client.post("/v1/score", content=b"{not json", headers={**AUTH, "Content-Type": "application/json"}).status_code == 422
+    malformed = client.post("/v1/score", content=b"{not json", headers={**AUTH, "Content-Type": "application/json"})
+    assert malformed.status_code == 422 and _loc(malformed)[0][0] == "body"
+    assert client.post("/v1/score", content=b"", headers=AUTH).status_code == 422
     assert client.post("/v1/score", content=b"[]", headers={**AUTH, "Content-Type": "application/json"}).status_code == 422
     assert client.post("/v1/score/by-id", json={"customer_ids": "c-1"}, headers=AUTH).status_code == 422
 
