@@ -18,14 +18,14 @@ Per request the rows replace a worker's table contents and the family statements
 side by side on its connections (DuckDB releases the GIL; each connection's helper thread
 is pinned to its own core, and loads the tables only its statements read, the orders or
 the events, before running them; one of them loads the customers, which all read, too);
-their columns are put together as `build_features` joins them (the eligible customers ordered by customer_id;
-a shared column is kept from its first family), and the start-up check `combined_schema`
-refuses a layout that differs from the full expression's. The statements leave out
-`build_features`' join onto the eligible customers and its ORDER BY: each family already
-has one row per eligible customer, and the rows are sorted here (measured: 16 instead
-of 21 ms of DuckDB for the five statements, 8 customers; the wide join and sort each
-allocate vectors for every column). Same code, same DuckDB: the parity tests compare the
-result with batch scoring to 1e-9.
+their columns are put together as `build_features` joins them (the eligible customers
+ordered by customer_id; a shared column is kept from its first family), and the start-up
+check `combined_schema` refuses a layout that differs from the full expression's. The
+statements leave out `build_features`' join onto the eligible customers and its ORDER BY:
+each family already has one row per eligible customer, and the rows are sorted here
+(measured: 16 instead of 21 ms of DuckDB for the five statements, 8 customers; the wide
+join and sort each allocate vectors for every column). Same code, same DuckDB: the
+parity tests compare the result with batch scoring to 1e-9.
 
 Why per family: a feature query's cost is mostly fixed (DuckDB allocates vectors for
 every column of every operator, whatever the row count); the five family statements
@@ -546,7 +546,9 @@ class _Worker:
         ordered = [table for _, table in sorted(results, key=lambda item: item[0])]
         return combine_family_tables(ordered)
 
-    def _submit(self, tables: dict[str, pa.Table], as_of: datetime, pool: ThreadPoolExecutor) -> list[Future[list[tuple[int, pa.Table]]]]:
+    def _submit(
+        self, tables: dict[str, pa.Table], as_of: datetime, pool: ThreadPoolExecutor
+    ) -> list[Future[list[tuple[int, pa.Table]]]]:
         """Each connection's loads and statements on a helper thread; the lead's thread loads
         the shared tables first, and the others wait for them before their statements."""
         shared_loaded = threading.Event()

@@ -5,9 +5,9 @@ contract). A timestamp more than `FUTURE_TOLERANCE` ahead of the clock is an inp
 `as_of` is checked here; the ~70 timestamps of a typical customer are checked in one pass
 over the Arrow columns the engine builds from them (`latest_allowed`,
 `future_timestamp_locs`): a Python validator per timestamp cost 0.13 of the 0.20 ms that
-validating such a request took. Limits that protect the service (orders and events per customer) are part of
-the schema so a client learns them from the OpenAPI document; the customers-per-request
-limit is a setting and is checked by the service (413).
+validating such a request took. Limits that protect the service (orders and events per
+customer) are part of the schema so a client learns them from the OpenAPI document; the
+customers-per-request limit is a setting and is checked by the service (413).
 
 Errors raised here become 422 responses whose `loc` is the field path, e.g.
 `["body", "customers", 0, "orders", 3, "amount"]`. `hide_input_in_errors` keeps field
@@ -135,8 +135,8 @@ def future_timestamp_locs(customers: list[CustomerIn]) -> list[tuple[str | int, 
     for i, customer in enumerate(customers):
         if utc_naive(customer.created_at) > limit:
             locs.append(("body", "customers", i, "created_at"))
-        locs += [("body", "customers", i, "orders", j, "ordered_at") for j, o in enumerate(customer.orders) if utc_naive(o.ordered_at) > limit]
-        locs += [("body", "customers", i, "events", j, "occurred_at") for j, e in enumerate(customer.events) if utc_naive(e.occurred_at) > limit]
+        for field, items, stamp in (("orders", customer.orders, "ordered_at"), ("events", customer.events, "occurred_at")):
+            locs += [("body", "customers", i, field, j, stamp) for j, item in enumerate(items) if utc_naive(getattr(item, stamp)) > limit]
     return locs
 
 
