@@ -130,7 +130,7 @@ class ScoreRequest(_Strict):
 def future_timestamp_locs(customers: list[CustomerIn]) -> list[tuple[str | int, ...]]:
     """Field paths of the customers' timestamps beyond `latest_allowed()` (created_at,
     ordered_at, occurred_at), in request order."""
-    limit = _future_limit()
+    limit = latest_allowed()
     locs: list[tuple[str | int, ...]] = []
     for i, customer in enumerate(customers):
         if utc_naive(customer.created_at) > limit:

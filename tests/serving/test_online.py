@@ -191,6 +191,36 @@ def test_a_failed_shared_load_fails_the_call_without_stranding_the_other_connect
     _assert_rows_equal(builder.features(*_tables(engine, trained_project, ids), as_of), batch_features, ids)
 
 
+def test_a_failed_group_is_reported_only_once_every_group_is_done(engine, trained_project, kinds, monkeypatch) -> None:
+    # The worker goes back to the pool when the call ends: no helper may still be using its connections.
+    import serving.online as online
+
+    builder = OnlineFeatureBuilder(engine.builder.attributes, engine.builder.params, workers=1, parallelism=2).prepare()
+    worker = builder._pool.get()
+    builder._pool.put(worker)
+    failing, slow = worker.connections
+    finished: list[bool] = []
+    real_load, real_execute = online._Connection.load, online._Connection.execute
+
+    def load(self: Any, tables: dict[str, pa.Table]) -> None:
+        if self is failing:
+            raise duckdb.IOException("table load refused")
+        real_load(self, tables)
+
+    def execute(self: Any, as_of: datetime) -> Any:
+        result = real_execute(self, as_of)
+        if self is slow:
+            time.sleep(0.5)
+            finished.append(True)
+        return result
+
+    monkeypatch.setattr(online._Connection, "load", load)
+    monkeypatch.setattr(online._Connection, "execute", execute)
+    with pytest.raises(duckdb.IOException, match="table load refused"):
+        builder.features(*_tables(engine, trained_project, kinds["buyer"][:2]), datetime.fromisoformat(AS_OF))
+    assert finished == [True]
+
+
 def test_partition_keeps_the_statements_of_a_table_together() -> None:
     reads = [frozenset(r) for r in ({"c", "o"}, {"c", "o"}, {"c", "e"}, {"c", "e"}, {"c"})]
     costs = [3.2, 4.0, 6.3, 0.8, 0.3]
