@@ -1,0 +1,56 @@
+"""`served_model` adapts any logged champion to what scoring calls, without a trained project."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from serving.models import served_model
+
+
+def _champion(wrapper: Any) -> SimpleNamespace:
+    """A stand-in for `training.registry.ChampionModel` around a pyfunc wrapper."""
+    pyfunc = SimpleNamespace(unwrap_python_model=lambda: wrapper, metadata=SimpleNamespace(get_input_schema=lambda: None))
+    return SimpleNamespace(
+        model=pyfunc, name="churn_propensity", version=7, run_id="run-1", as_of="2025-06-15", horizon_days=90, metrics={"roc_auc": 0.8}
+    )
+
+
+def test_a_model_with_only_the_pyfunc_contract_is_scored_from_its_prediction_frame():
+    """No `predict_values` of its own: scoring reads `predict_frame`'s columns as float64 arrays."""
+    seen: list[pd.DataFrame] = []
+
+    def predict_frame(features: pd.DataFrame) -> pd.DataFrame:
+        seen.append(features)
+        return pd.DataFrame({"churn_probability": [1, 0], "churn_score_band": [0.25, np.nan]})
+
+    wrapper = SimpleNamespace(model=SimpleNamespace(), feature_columns=["days_since_last_order"], predict_frame=predict_frame)
+    served = served_model(_champion(wrapper))
+    features = pd.DataFrame({"customer_id": ["a", "b"], "days_since_last_order": [3.0, 40.0]})
+
+    values = served.predict_values(features)
+
+    assert seen and seen[0] is features
+    assert list(values) == ["churn_probability", "churn_score_band"]
+    assert all(array.dtype == np.float64 for array in values.values())
+    np.testing.assert_array_equal(values["churn_probability"], [1.0, 0.0])
+    np.testing.assert_array_equal(values["churn_score_band"], [0.25, np.nan])
+    assert served.explain is None and served.predict_with_reasons is None
+    assert (served.version, served.feature_columns, served.input_types) == ("7", ("days_since_last_order",), {})
+
+
+def test_the_models_own_predict_values_is_preferred_to_the_frame():
+    def own(features: pd.DataFrame) -> dict[str, np.ndarray]:
+        return {"churn_probability": np.full(len(features), 0.5)}
+
+    def frame_not_expected(features: pd.DataFrame) -> pd.DataFrame:
+        raise AssertionError("predict_frame called although the model has predict_values")
+
+    wrapper = SimpleNamespace(model=SimpleNamespace(predict_values=own), feature_columns=[], predict_frame=frame_not_expected)
+
+    values = served_model(_champion(wrapper)).predict_values(pd.DataFrame({"customer_id": ["a"]}))
+
+    np.testing.assert_array_equal(values["churn_probability"], [0.5])
