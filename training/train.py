@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+import ibis
 import pandas as pd
 
 from features.errors import CrmScoringError
@@ -121,37 +122,40 @@ def _report(progress: Progress | None, message: str) -> None:
 
 
 def data_fingerprint(profile: Profile) -> tuple[str, dict[str, int]]:
-    """("sha256:<hex>", row counts) of a profile from row counts, min/max times and the amount sum.
+    """("sha256:<hex>", row counts) of a profile: its row counts and a hash of every row's content.
 
-    Aggregates run in the backend (one query per table), so the fingerprint costs a scan,
-    not a download. Pass the truncated profile a run actually reads.
+    A batch run's id is built from it, and a rerun of the same id adds no events; so a
+    correction to any value (an order's status, an event's type, a customer's attribute)
+    must change it. Each row is hashed in the backend over all its columns, and the row
+    hashes are combined without regard to order (their XOR and their sum modulo a prime:
+    XOR alone cancels pairs of identical rows). The backend's hash function is stable for a
+    backend version; a new version may change the fingerprint, which starts a new run id
+    whose diff against the same data is empty. One query per table: a scan, not a
+    download. Pass the truncated profile a run actually reads.
     """
-    specs = (
-        ("customers", profile.customers, "created_at", None),
-        ("orders", profile.orders, "ordered_at", "amount"),
-        ("events", profile.events, "occurred_at", None),
-    )
     summary: dict[str, Any] = {"attribute_columns": list(profile.attribute_columns)}
     counts: dict[str, int] = {}
-    for name, table, time_column, amount_column in specs:
-        aggregates = {
-            "rows": table.count(),
-            "min_time": table[time_column].min(),
-            "max_time": table[time_column].max(),
-        }
-        if amount_column is not None:
-            aggregates["amount_sum"] = table[amount_column].sum()
-        row = table.aggregate(**aggregates).to_pyarrow().to_pylist()[0]
+    for name in ("customers", "orders", "events"):
+        table: ibis.Table = getattr(profile, name)
+        hashed = table.select(_row_hash=ibis.struct({column: table[column] for column in table.columns}).hash())
+        row = hashed.aggregate(
+            rows=hashed.count(),
+            content_xor=hashed._row_hash.bit_xor(),
+            content_sum=(hashed._row_hash % _FINGERPRINT_MODULUS).sum(),
+        ).to_pyarrow().to_pylist()[0]
         counts[name] = int(row["rows"])
         summary[name] = {
-            "rows": int(row["rows"]),
-            "min_time": None if row["min_time"] is None else row["min_time"].isoformat(),
-            "max_time": None if row["max_time"] is None else row["max_time"].isoformat(),
-            # Rounded to cents so float summation order cannot change the fingerprint.
-            **({"amount_sum": round(float(row["amount_sum"] or 0.0), 2)} if amount_column else {}),
+            "columns": list(table.columns),
+            "rows": counts[name],
+            "content_xor": int(row["content_xor"] or 0),
+            "content_sum": int(row["content_sum"] or 0),
         }
     digest = hashlib.sha256(json.dumps(summary, sort_keys=True).encode("utf-8")).hexdigest()
     return f"sha256:{digest}", counts
+
+
+#: A prime below 2**31, so that summing the reduced row hashes cannot overflow 64 bits.
+_FINGERPRINT_MODULUS = 2_147_483_647
 
 
 # --------------------------------------------------------------------------------------

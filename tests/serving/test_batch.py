@@ -1,10 +1,13 @@
-"""`crm-scoring score` end to end on the shared trained project: back-filled runs."""
+"""`crm-scoring score` end to end on the shared trained project: back-filled runs, corrected data."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from serving.store import ScoreStore
@@ -41,3 +44,37 @@ def test_a_back_filled_run_is_stored_but_makes_no_events(trained_project: Traine
     assert "back-fill" not in said(after)
     newest = store.latest_run()
     assert newest is not None and newest.as_of.date().isoformat() == "2025-06-22" and newest.parent_run_id == latest.run_id
+
+
+def test_corrected_data_at_the_same_as_of_is_a_new_run_with_its_events(trained_project: TrainedProject, tmp_path: Path) -> None:
+    """A correction that keeps the row counts, time ranges and amount total (orders refunded)
+    is new data: a new run whose tag changes become events, not a re-run that adds none."""
+    folder = tmp_path / "scores"
+    shutil.copytree(trained_project.root / "scores", folder)
+    profile = tmp_path / "profile"
+    shutil.copytree(trained_project.profile, profile)
+    store = ScoreStore(folder)
+    latest = store.latest_run()
+    assert latest is not None
+    before = store.read_snapshot(latest.run_id).set_index("customer_id")
+    # The top-value customers' completed orders before as_of become refunds.
+    top = before.index[before["tag_value_tier"] == "top"][:30].tolist()
+    orders = pq.read_table(profile / "orders.parquet").to_pandas()
+    refunded = orders["customer_id"].isin(top) & (orders["ordered_at"] < pd.Timestamp(AS_OF)) & (orders["status"] == "completed")
+    assert refunded.sum() > 0
+    orders.loc[refunded, "status"] = "refunded"
+    pq.write_table(pa.Table.from_pandas(orders, preserve_index=False), profile / "orders.parquet")
+    outbox_before = sum(store.event_counts().values())
+
+    result = trained_project.run("score", "--profile", str(profile), "--as-of", AS_OF, "--out", str(folder))
+
+    assert "re-run of an existing run" not in " ".join(result.stdout.split())
+    corrected = store.latest_run()
+    assert corrected is not None and corrected.run_id != latest.run_id and corrected.parent_run_id == latest.run_id
+    after = store.read_snapshot(corrected.run_id).set_index("customer_id")
+    changed = [c for c in top if after.loc[c, "tag_value_tier"] != "top"]
+    assert changed  # without completed orders their predicted value falls
+    events = [e for e in store.iter_events() if e["run_id"] == corrected.run_id]
+    assert sum(store.event_counts().values()) == outbox_before + len(events)
+    exits = {e["customer_id"] for e in events if e["type"] == "tag.exited" and e["name"] == "value_tier" and e["value"] == "top"}
+    assert set(changed) <= exits

@@ -103,10 +103,32 @@ def test_fingerprint_is_stable_and_sees_changes(generated, profile):
         "orders": generated.orders.num_rows,
         "events": generated.events.num_rows,
     }
-    orders = generated.orders.to_pandas()
-    orders.loc[0, "amount"] += 1.0
-    changed = profile_from_frames(connect(), generated.customers, orders, generated.events).profile
-    assert data_fingerprint(changed)[0] != first
+    customers, orders, events = (generated.customers.to_pandas(), generated.orders.to_pandas(), generated.events.to_pandas())
+    # A batch run's id comes from the fingerprint: every correction must change it, including
+    # those that keep the counts, the time ranges and the amount total.
+    other_customer = orders.loc[orders["customer_id"] != orders.loc[0, "customer_id"], "customer_id"].iloc[0]
+    other_type = next(t for t in events["event_type"].unique() if t != events.loc[0, "event_type"])
+    attribute = next(c for c in customers.columns if c not in ("customer_id", "created_at") and pd.api.types.is_string_dtype(customers[c]))
+    other_value = next(v for v in customers[attribute].dropna().unique() if v != customers.loc[0, attribute])
+    corrections = {
+        "an amount": ("orders", "amount", orders.loc[0, "amount"] + 1.0),
+        "an order's status": ("orders", "status", "refunded" if orders.loc[0, "status"] != "refunded" else "completed"),
+        "an order's customer": ("orders", "customer_id", other_customer),
+        "an event's type": ("events", "event_type", other_type),
+        "an attribute": ("customers", attribute, other_value),
+    }
+    seen = {first}
+    for what, (table, column, value) in corrections.items():
+        frames = {"customers": customers.copy(), "orders": orders.copy(), "events": events.copy()}
+        frames[table].loc[0, column] = value
+        changed = profile_from_frames(connect(), frames["customers"], frames["orders"], frames["events"]).profile
+        fingerprint, changed_counts = data_fingerprint(changed)
+        assert changed_counts == counts, what
+        assert fingerprint not in seen, f"changing {what} kept the fingerprint"
+        seen.add(fingerprint)
+    # Row order is not content.
+    shuffled = profile_from_frames(connect(), customers[::-1], orders.sample(frac=1.0, random_state=1), events[::-1]).profile
+    assert data_fingerprint(shuffled)[0] == first
 
 
 def test_bad_requests_fail_clearly(profile, results):
