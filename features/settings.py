@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from features.schema import DEFAULT_PII_COLUMNS
+
+if TYPE_CHECKING:
+    from features.pipeline import FeatureParams
 
 
 class Settings(BaseSettings):
@@ -27,3 +31,14 @@ class Settings(BaseSettings):
         default=None, description="DuckDB memory_limit for feature builds, e.g. '4GB'."
     )
     duckdb_threads: int | None = Field(default=None, ge=1)
+
+    def feature_params(self) -> FeatureParams:
+        """The feature parameters these settings imply (the PII columns are never features).
+
+        Every command that builds features (`features build`, `train`, `score`, the API)
+        starts from these, so a model is scored with the features it was trained on.
+        """
+        from features.families.attributes import AttributeParams
+        from features.pipeline import FeatureParams
+
+        return FeatureParams(attributes=AttributeParams(pii_columns=self.pii_columns))

@@ -47,7 +47,7 @@ from features.population import restrict_to_before
 from features.profile import Profile
 from features.timeutil import to_utc_naive
 from serving.events import diff_snapshots
-from serving.models import ModelSet
+from serving.models import ModelSet, check_attribute_inputs
 from serving.scoring import KEY, score_features
 from serving.store import RunRecord, ScoreStore
 from serving.tags import TagRules
@@ -147,6 +147,7 @@ def score_profile(
     import time
 
     as_of = to_utc_naive(as_of)
+    check_attribute_inputs(models, feature_params.attributes)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 

@@ -169,8 +169,7 @@ def features_build(
     with _errors_as_exit():
         from features.backend import connect
         from features.io import write_parquet
-        from features.families.attributes import AttributeParams
-        from features.pipeline import FeatureParams, build_features
+        from features.pipeline import build_features
         from features.timeutil import to_utc_naive
 
         settings = _settings()
@@ -178,8 +177,7 @@ def features_build(
         rejects_path = out_file.with_name(out_file.stem + ".rejects.csv")
         con = connect(settings)
         loaded = _load_validated(con, profile, rejects_path, settings)
-        params = FeatureParams(attributes=AttributeParams(pii_columns=settings.pii_columns))
-        expr = build_features(loaded.profile, cutoff, params)
+        expr = build_features(loaded.profile, cutoff, settings.feature_params())
         _run_step(f"build features as of {cutoff:%Y-%m-%d %H:%M:%S} -> {out_file}", lambda: write_parquet(expr, out_file))
         import pyarrow.parquet as pq
 
@@ -316,8 +314,6 @@ def _train_and_report(
     """Load the profile once, then train, log and (by default) promote each model; print the summary."""
     from features.backend import connect
     from features.errors import CrmScoringError
-    from features.families.attributes import AttributeParams
-    from features.pipeline import FeatureParams
     from features.timeutil import parse_horizon, to_utc_naive
     from training.datasets import FeatureCache
     from training.results import TASK_TO_MODEL
@@ -335,8 +331,7 @@ def _train_and_report(
     _run_step(f"open the MLflow store {tracking_uri(settings)}", lambda: configure(settings))
     console.print(f"as of {cutoff:%Y-%m-%d %H:%M:%S}, horizon {horizon_days} days", highlight=False)
     # lead and churn share cut-offs, hence feature tables: build each once (lazily).
-    params = FeatureParams(attributes=AttributeParams(pii_columns=features_settings.pii_columns))
-    cache = FeatureCache(loaded.profile, cutoff, params, progress=_progress())
+    cache = FeatureCache(loaded.profile, cutoff, features_settings.feature_params(), progress=_progress())
     outcomes = []
     for task in tasks:
         # One model failing (too few positives, a fit that does not converge) must not cost the others.

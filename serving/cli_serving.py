@@ -61,7 +61,10 @@ def score(
         def report(message: str) -> None:
             console.print(f"  [dim]{message}[/]", highlight=False)
 
-        result = score_profile(loaded.profile, cut_off, models, rules, score_store, emit_initial=emit_initial, progress=report)
+        result = score_profile(
+            loaded.profile, cut_off, models, rules, score_store,
+            feature_params=features_settings.feature_params(), emit_initial=emit_initial, progress=report,
+        )
         table = Table("tag", "value", "customers", title=f"run {result.run_id}")
         for tag, counts in result.tag_counts.items():
             for value, n in sorted(counts.items(), key=lambda item: -item[1]):

@@ -27,8 +27,9 @@ import pyarrow.parquet as pq
 
 from features.errors import CrmScoringError
 from features.families.attributes import normalise_name
+from features.pipeline import FeatureParams
 from serving.batch import features_path, online_feature_params, read_meta
-from serving.models import ModelSet, load_model_set
+from serving.models import ModelSet, check_attribute_inputs, load_model_set
 from serving.feature_process import FeatureProcess, FeatureProcessConfig
 from serving.online import AttributeColumn, OnlineFeatureBuilder, attribute_columns_for
 from serving.schemas import FUTURE_TIMESTAMP, CustomerIn, ScoreRequest, future_timestamp_locs, latest_allowed, now_utc, utc_naive
@@ -459,6 +460,7 @@ def build_engine(
     tags_file: Path | None,
     training_settings: Any = None,
     *,
+    feature_params: FeatureParams = FeatureParams(),
     workers: int = 4,
     parallelism: int = 2,
     feature_process: bool = False,
@@ -467,6 +469,8 @@ def build_engine(
 ) -> ScoringEngine:
     """Load champions, rules and the latest snapshot, compile the features, run the probe.
 
+    feature_params: as for batch scoring (`Settings.feature_params`: the PII columns), with
+    the latest snapshot's RFM score edges.
     feature_process: compute online features in a child process (`serving.feature_process`:
     what the API does) instead of in this one. workers / parallelism / pin_threads: table
     sets, DuckDB connections per table set and CPU pinning of the feature builder (see
@@ -476,10 +480,11 @@ def build_engine(
     finishing took 4.3 ms with one thread, 3.2 ms with two (two cores, medians of 12 runs).
     """
     models = load_model_set(training_settings, threads=prediction_threads)
+    check_attribute_inputs(models, feature_params.attributes)
     rules = load_tag_rules(tags_file)
     snapshot = load_snapshot_view(ScoreStore(store_dir))
     attributes = attribute_columns_for(models.input_types())
-    params = online_feature_params(snapshot.meta if snapshot else {})
+    params = online_feature_params(snapshot.meta if snapshot else {}, feature_params)
     builder: OnlineFeatureBuilder | FeatureProcess
     if feature_process:
         config = FeatureProcessConfig(attributes, params, workers=1, parallelism=parallelism, pin_threads=pin_threads)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from features.errors import CrmScoringError
+from features.families.attributes import AGE_SUFFIX, ATTRIBUTE_PREFIX, AttributeParams, normalise_name
 from training.config import TrainingSettings
 from training.results import MODEL_NAMES
 
@@ -98,6 +99,26 @@ class ModelSet:
         for model in self.models.values():
             types.update(model.input_types)
         return types
+
+
+def check_attribute_inputs(models: ModelSet, params: AttributeParams) -> None:
+    """Raise `ModelLoadError` when a model reads an attribute that `params` keep from features
+    (declared PII, say, since the model was trained): every row would fail without it."""
+    hidden = {normalise_name(name) for name in (*params.pii_columns, *params.exclude_columns)}
+    found = []
+    for model in models.models.values():
+        for feature in model.feature_columns:
+            if not feature.startswith(ATTRIBUTE_PREFIX):
+                continue
+            name = feature[len(ATTRIBUTE_PREFIX) :]
+            source = name[: -len(AGE_SUFFIX)] if name.endswith(AGE_SUFFIX) else name
+            if hidden & {name, source}:
+                found.append(f"{model.name} reads {feature}")
+    if found:
+        raise ModelLoadError(
+            f"{'; '.join(found)}, from a customers column now declared PII or excluded (CRMSCORE_PII_COLUMNS): "
+            "retrain the model without it or change the setting"
+        )
 
 
 def _input_types(pyfunc: Any) -> dict[str, str]:

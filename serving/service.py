@@ -252,10 +252,12 @@ class CrmScoring:
     """Scoring API over the `champion` models (see the module docstring)."""
 
     def __init__(self) -> None:
+        from features.settings import Settings
         from training.config import TrainingSettings
 
         self.settings = ServingSettings()
         self.training_settings = TrainingSettings()
+        self.feature_params = Settings().feature_params()
         app.state.settings = self.settings
         app.state.service = self
         app.state.keys = KeyChecker(self.settings.resolved_api_keys(), self.settings.resolved_admin_keys())
@@ -289,6 +291,7 @@ class CrmScoring:
                 self.settings.resolved_store_dir,
                 self.settings.tags_file,
                 self.training_settings,
+                feature_params=self.feature_params,
                 workers=self.settings.online_workers,
                 parallelism=self.settings.online_parallelism,
                 feature_process=self.settings.online_feature_process,

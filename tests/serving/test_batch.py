@@ -1,8 +1,10 @@
-"""`crm-scoring score` end to end on the shared trained project: back-filled runs, corrected data."""
+"""`crm-scoring score` end to end on the shared trained project: back-filled runs, corrected data, PII settings."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -10,8 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from features.families.attributes import AttributeParams
+from features.pipeline import FeatureParams
+from features.settings import Settings
+from serving.engine import build_engine
+from serving.models import ModelLoadError, load_model_set
 from serving.store import ScoreStore
-from tests.serving.conftest import AS_OF, FIRST_AS_OF, TrainedProject
+from tests.serving.conftest import AS_OF, CLI, FIRST_AS_OF, TrainedProject
+from training.config import TrainingSettings
 
 pytestmark = pytest.mark.slow
 
@@ -78,3 +86,30 @@ def test_corrected_data_at_the_same_as_of_is_a_new_run_with_its_events(trained_p
     assert sum(store.event_counts().values()) == outbox_before + len(events)
     exits = {e["customer_id"] for e in events if e["type"] == "tag.exited" and e["name"] == "value_tier" and e["value"] == "top"}
     assert set(changed) <= exits
+
+
+def test_score_and_the_api_keep_the_configured_pii_columns_out_of_the_features(trained_project: TrainedProject, tmp_path: Path) -> None:
+    """`CRMSCORE_PII_COLUMNS` applies to scoring as to training: a served model that reads a
+    column declared PII since it was trained is refused by name, before anything is written."""
+    settings = TrainingSettings(project_dir=trained_project.root, tracking_uri=trained_project.env["CRMSCORE_TRACKING_URI"])
+    models = load_model_set(settings)
+    feature = next(f for m in models.models.values() for f in m.feature_columns if f.startswith("attr_") and not f.endswith("_age_days"))
+    column = feature.removeprefix("attr_")
+    pii = [*Settings().pii_columns, column]
+    folder = tmp_path / "scores"
+
+    env = {**trained_project.env, "CRMSCORE_PII_COLUMNS": json.dumps(pii)}
+    result = subprocess.run(
+        [CLI, "score", "--profile", str(trained_project.profile), "--as-of", AS_OF, "--out", str(folder)],
+        cwd=trained_project.root, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 1, said
+    assert f"reads {feature}, from a customers column now declared PII" in said
+    assert not folder.exists() or not any(folder.iterdir())
+    with pytest.raises(ModelLoadError, match=f"reads {feature}"):
+        build_engine(
+            trained_project.root / "scores", None, settings,
+            feature_params=FeatureParams(attributes=AttributeParams(pii_columns=tuple(pii))),
+        )

@@ -7,8 +7,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from serving.models import served_model
+from features.families.attributes import AttributeParams
+from serving.models import ModelLoadError, ModelSet, ServedModel, check_attribute_inputs, served_model
 
 
 def _champion(wrapper: Any) -> SimpleNamespace:
@@ -54,3 +56,25 @@ def test_the_models_own_predict_values_is_preferred_to_the_frame():
     values = served_model(_champion(wrapper)).predict_values(pd.DataFrame({"customer_id": ["a"]}))
 
     np.testing.assert_array_equal(values["churn_probability"], [0.5])
+
+
+def _model(name: str, *features: str) -> ServedModel:
+    def no_values(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        raise AssertionError("not called")
+
+    return ServedModel(name, "1", None, None, None, {}, features, {}, lambda frame: frame, no_values)
+
+
+def test_a_model_reading_an_attribute_now_declared_pii_is_refused_by_name():
+    models = ModelSet({
+        "lead_scoring": _model("lead_scoring", "recency_days", "attr_region", "attr_signed_up_age_days"),
+        "churn_propensity": _model("churn_propensity", "attr_industry"),
+    })
+    check_attribute_inputs(models, AttributeParams())  # the defaults hide none of these
+
+    with pytest.raises(ModelLoadError, match=r"lead_scoring reads attr_region, from a customers column now declared PII") as caught:
+        check_attribute_inputs(models, AttributeParams(pii_columns=("email", "Region")))
+    assert "churn_propensity" not in str(caught.value)
+    # A timestamp attribute's feature is its age; names are compared normalised.
+    with pytest.raises(ModelLoadError, match=r"lead_scoring reads attr_signed_up_age_days"):
+        check_attribute_inputs(models, AttributeParams(exclude_columns=("Signed Up",)))
