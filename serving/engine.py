@@ -99,6 +99,10 @@ class SnapshotView:
             con.close()
 
 
+class NoSnapshotError(CrmScoringError):
+    """The store holds no batch run yet, so there is no population to score against."""
+
+
 def load_snapshot_view(store: ScoreStore) -> SnapshotView | None:
     run = store.latest_run()
     if run is None:
@@ -467,7 +471,10 @@ def build_engine(
     pin_threads: bool = True,
     prediction_threads: int | None = None,
 ) -> ScoringEngine:
-    """Load champions, rules and the latest snapshot, compile the features, run the probe.
+    """Load the latest snapshot, champions and rules, compile the features, run the probe.
+
+    Raises `NoSnapshotError` before any batch run: the API's scores are relative to the
+    latest batch-scored population.
 
     feature_params: as for batch scoring (`Settings.feature_params`: the PII columns), with
     the latest snapshot's RFM score edges.
@@ -479,12 +486,19 @@ def build_engine(
     models' time is TreeSHAP for the reasons, which spreads over rows: 8 customers'
     finishing took 4.3 ms with one thread, 3.2 ms with two (two cores, medians of 12 runs).
     """
+    snapshot = load_snapshot_view(ScoreStore(store_dir))
+    if snapshot is None:
+        # Without the batch population an inline score would depend on the other customers
+        # of its micro-batch (RFM scores are quintiles, percentiles are ranks).
+        raise NoSnapshotError(
+            f"no batch snapshot in {store_dir}: run `crm-scoring score --profile DIR --as-of DATE`, then reload; "
+            "inline scores need the batch-scored population (RFM score edges, percentiles)"
+        )
     models = load_model_set(training_settings, threads=prediction_threads)
     check_attribute_inputs(models, feature_params.attributes)
     rules = load_tag_rules(tags_file)
-    snapshot = load_snapshot_view(ScoreStore(store_dir))
     attributes = attribute_columns_for(models.input_types())
-    params = online_feature_params(snapshot.meta if snapshot else {}, feature_params)
+    params = online_feature_params(snapshot.meta, feature_params)
     builder: OnlineFeatureBuilder | FeatureProcess
     if feature_process:
         config = FeatureProcessConfig(attributes, params, workers=1, parallelism=parallelism, pin_threads=pin_threads)

@@ -3,8 +3,10 @@
 A new-style `@bentoml.service` class with the API mounted as a FastAPI app under `/v1`
 (FastAPI gives pydantic validation with field paths, OpenAPI docs at `/v1/docs`, and
 exception handlers that keep every input problem a 4xx). BentoML supplies the process
-model and `/healthz`, `/livez`, `/readyz` (ready = models loaded and the probe
-prediction passed, see `__is_ready__`) and `/metrics`, which stay open without a key.
+model and `/healthz`, `/livez`, `/readyz` (ready = a batch snapshot found, models loaded
+and the probe prediction passed, see `__is_ready__`) and `/metrics`, which stay open
+without a key. Before the first batch run the service is up but not ready: inline scores
+are relative to the batch-scored population (RFM score edges, percentiles).
 
 Endpoints (bearer API key required):
   POST /v1/score          inline profiles -> output contract per customer
@@ -353,7 +355,7 @@ class CrmScoring:
 
     def _not_ready(self) -> JSONResponse | None:
         if self.engine is None:
-            return _problem(503, "models are not loaded" + (f": {self.load_error}" if self.load_error else ""))
+            return _problem(503, "not ready" + (f": {self.load_error}" if self.load_error else ": loading the models"))
         return None
 
     async def score(self, body: ScoreRequest) -> Any:
