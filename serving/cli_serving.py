@@ -30,7 +30,7 @@ def _serving_settings(store: Path | None = None, tags: Path | None = None):  # t
 def score(
     profile: Annotated[Path, typer.Option("--profile", help="Profile store: folder of parquet/csv files or a DuckDB file.")],
     as_of: Annotated[str, typer.Option("--as-of", help="Cut-off instant (ISO date or timestamp, UTC).")],
-    store: Annotated[Path | None, typer.Option("--out", help="Score store folder (default: $CRMSCORE_STORE_DIR or ./scores).")] = None,
+    store: Annotated[Path | None, typer.Option("--out", help="Score store folder (default: $CRMSCORE_STORE_DIR or <project dir>/scores); rejected rows go to its rejects.csv.")] = None,
     tags: Annotated[Path | None, typer.Option("--tags", help="Tag rules YAML (default: $CRMSCORE_TAGS_FILE or the shipped rules).")] = None,
     emit_initial: Annotated[bool, typer.Option("--emit-initial", help="On the first run, emit 'entered' events for every tag (default: baseline only).")] = False,
 ) -> None:
@@ -53,9 +53,9 @@ def score(
         models = _run_step("load champion models", lambda: load_model_set(_training_settings(), threads=os.cpu_count()))
         features_settings = _settings()
         con = connect(features_settings)
-        profile_path = Path(profile)
-        rejects = profile_path / "rejects.csv" if profile_path.is_dir() else profile_path.with_suffix(".rejects.csv")
-        loaded = _load_validated(con, profile_path, rejects, features_settings)
+        # Rejected rows go beside the output (the profile may be read-only).
+        rejects = settings.resolved_store_dir / "rejects.csv"
+        loaded = _load_validated(con, Path(profile), rejects, features_settings)
         score_store = ScoreStore(settings.resolved_store_dir)
 
         def report(message: str) -> None:

@@ -56,7 +56,8 @@ def test_a_back_filled_run_is_stored_but_makes_no_events(trained_project: Traine
 
 def test_corrected_data_at_the_same_as_of_is_a_new_run_with_its_events(trained_project: TrainedProject, tmp_path: Path) -> None:
     """A correction that keeps the row counts, time ranges and amount total (orders refunded)
-    is new data: a new run whose tag changes become events, not a re-run that adds none."""
+    is new data: a new run whose tag changes become events, not a re-run that adds none.
+    A rejected row goes to the store's rejects file (the profile folder may be read-only)."""
     folder = tmp_path / "scores"
     shutil.copytree(trained_project.root / "scores", folder)
     profile = tmp_path / "profile"
@@ -71,12 +72,16 @@ def test_corrected_data_at_the_same_as_of_is_a_new_run_with_its_events(trained_p
     refunded = orders["customer_id"].isin(top) & (orders["ordered_at"] < pd.Timestamp(AS_OF)) & (orders["status"] == "completed")
     assert refunded.sum() > 0
     orders.loc[refunded, "status"] = "refunded"
+    # One unusable row too: it goes to the rejects file beside the output, not into the profile.
+    bad = orders.iloc[[0]].assign(order_id="bad-order", amount=-3.0)
+    orders = pd.concat([orders, bad], ignore_index=True)
     pq.write_table(pa.Table.from_pandas(orders, preserve_index=False), profile / "orders.parquet")
     outbox_before = sum(store.event_counts().values())
 
     result = trained_project.run("score", "--profile", str(profile), "--as-of", AS_OF, "--out", str(folder))
 
     assert "re-run of an existing run" not in " ".join(result.stdout.split())
+    assert "bad-order" in (folder / "rejects.csv").read_text() and not (profile / "rejects.csv").exists()
     corrected = store.latest_run()
     assert corrected is not None and corrected.run_id != latest.run_id and corrected.parent_run_id == latest.run_id
     after = store.read_snapshot(corrected.run_id).set_index("customer_id")
