@@ -29,6 +29,7 @@ from features.errors import CrmScoringError
 from features.families.attributes import normalise_name
 from features.pipeline import FeatureParams
 from serving.batch import features_path, online_feature_params, read_meta
+from serving.events import json_timestamp
 from serving.models import ModelSet, check_attribute_inputs, load_model_set
 from serving.feature_process import FeatureProcess, FeatureProcessConfig
 from serving.online import AttributeColumn, OnlineFeatureBuilder, attribute_columns_for
@@ -455,7 +456,7 @@ class ScoringEngine:
         snapshot = None
         if self.snapshot is not None:
             run = self.snapshot.run
-            snapshot = {"run_id": run.run_id, "as_of": run.as_of.isoformat() + "Z", "rows": run.rows, "models": run.models}
+            snapshot = {"run_id": run.run_id, "as_of": json_timestamp(run.as_of), "rows": run.rows, "models": run.models}
         return {"models": [m.describe() for m in self.models.models.values()], "snapshot": snapshot}
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from features.errors import CrmScoringError
 from features.families.attributes import AGE_SUFFIX, ATTRIBUTE_PREFIX, AttributeParams, normalise_name
+from serving.events import json_timestamp
 from training.config import TrainingSettings
 from training.results import MODEL_NAMES
 
@@ -70,7 +71,7 @@ class ServedModel:
         return {
             "name": self.name,
             "version": self.version,
-            "as_of": self.as_of,
+            "as_of": json_timestamp(self.as_of) if self.as_of else None,
             "horizon_days": self.horizon_days,
             "run_id": self.run_id,
             "metrics": {k: v for k, v in sorted(self.metrics.items()) if not k.startswith("baseline_")},

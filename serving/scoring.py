@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from serving.events import json_timestamp
 from serving.models import PREDICTION_OF_MODEL, ModelSet, ServedModel
 from serving.tags import PreviousTiers, TagColumns, TagRules, evaluate_tag_columns, evaluate_tags
 from training.pyfunc_model import ModelOutputError
@@ -287,10 +288,6 @@ def _reason_list(value: Any) -> list[dict[str, Any]]:
     return json.loads(value) if isinstance(value, str) else []
 
 
-def _iso(as_of: datetime) -> str:
-    return as_of.strftime("%Y-%m-%dT%H:%M:%S") + (f".{as_of.microsecond:06d}" if as_of.microsecond else "") + "Z"
-
-
 def render_result(
     row: dict[str, Any], models: ModelSet, rules: TagRules, as_of: datetime, *, versions: dict[str, str] | None = None
 ) -> dict[str, Any]:
@@ -348,7 +345,7 @@ def render_result(
         }
     result: dict[str, Any] = {
         "customer_id": str(row[KEY]),
-        "as_of": _iso(as_of),
+        "as_of": json_timestamp(as_of),
         "predictions": predictions,
         "tags": tags,
         "segments": segments,
@@ -363,7 +360,7 @@ def not_eligible_result(customer_id: str, models: ModelSet, as_of: datetime) -> 
     reason = "profile created at or after as_of: nothing to score yet"
     return {
         "customer_id": customer_id,
-        "as_of": _iso(as_of),
+        "as_of": json_timestamp(as_of),
         "predictions": {p: None for p in PREDICTION_OF_MODEL.values()},
         "tags": {},
         "segments": [],

@@ -47,6 +47,7 @@ from pydantic import ValidationError
 from starlette.datastructures import Headers
 
 from serving import bentoml_fixes
+from serving.events import json_timestamp
 from serving.schemas import ModelsResponse, ScoreByIdRequest, ScoreByIdResponse, ScoreRequest, ScoreResponse
 from serving.settings import ServingSettings
 
@@ -400,7 +401,7 @@ class CrmScoring:
                 "results": results,
                 "missing": missing,
                 "run_id": snapshot.run.run_id if snapshot else None,
-                "as_of": snapshot.run.as_of.isoformat() + "Z" if snapshot else None,
+                "as_of": json_timestamp(snapshot.run.as_of) if snapshot else None,
             }
         )
 

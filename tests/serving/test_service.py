@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -98,8 +99,10 @@ def test_models_endpoint(client: TestClient) -> None:
     names = {m["name"] for m in response.json()["models"]}
     assert names == {"lead_scoring", "churn_propensity", "customer_ltv"}
     churn = next(m for m in response.json()["models"] if m["name"] == "churn_propensity")
-    assert "val_roc_auc" in churn["metrics"] and churn["as_of"]
-    assert response.json()["snapshot"]["as_of"].startswith(AS_OF)
+    assert "val_roc_auc" in churn["metrics"]
+    # Every as_of of the API is ISO UTC with a "Z", the models' (from MLflow tags) too.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", churn["as_of"]), churn["as_of"]
+    assert response.json()["snapshot"]["as_of"] == f"{AS_OF}T00:00:00Z"
 
 
 def _loc(response: httpx.Response) -> list[list[Any]]:
