@@ -91,7 +91,8 @@ def holdout_comparison(
     `revenue`); missing customers made no holdout purchase, and holdout customers absent from
     the calibration table (acquired later) are not compared. Columns: customer_id, frequency,
     expected_purchases, actual_purchases, expected_order_value, expected_revenue
-    (= expected purchases x expected order value), actual_revenue.
+    (= expected purchases x expected order value), actual_revenue, and the run-rate
+    baseline's run_rate_purchases and run_rate_revenue (`run_rate_baseline`).
     """
     keys = pd.Index(calibration[KEY_COLUMN]) if KEY_COLUMN in calibration.columns else calibration.index
     expected = model.expected_purchases(calibration, holdout_days).to_numpy()
@@ -109,6 +110,7 @@ def holdout_comparison(
         aligned["revenue"].fillna(0.0).to_numpy(dtype=float) if "revenue" in aligned else np.full(len(keys), np.nan)
     )
     frequency = pd.to_numeric(calibration["frequency"]).to_numpy(dtype=float, na_value=np.nan)
+    run_rate_purchases, run_rate_revenue = run_rate_baseline(calibration, holdout_days)
     out = pd.DataFrame(
         {
             "customer_id": keys.to_numpy(),
@@ -118,11 +120,31 @@ def holdout_comparison(
             "expected_order_value": order_value,
             "expected_revenue": expected * order_value,
             "actual_revenue": actual_revenue,
+            "run_rate_purchases": run_rate_purchases,
+            "run_rate_revenue": run_rate_revenue,
         }
     )
     out = out[in_population].reset_index(drop=True)
     out["frequency"] = out["frequency"].astype("int64")
     return out
+
+
+def run_rate_baseline(calibration: pd.DataFrame, holdout_days: float) -> tuple[np.ndarray, np.ndarray]:
+    """The playbook's naive forecast: each customer keeps buying at their past repeat rate.
+
+    Purchases over the holdout = x / T x holdout days (repeat purchase days per day since
+    the first purchase; 0 when T is 0 or the customer has no repeat purchase), revenue =
+    those purchases x the customer's mean repeat order value. It ignores that customers
+    drop out, which is what BG/NBD adds; the model's lift over it is logged.
+    """
+    x = pd.to_numeric(calibration["frequency"]).to_numpy(dtype=float, na_value=np.nan)
+    t = pd.to_numeric(calibration["T_days"]).to_numpy(dtype=float, na_value=np.nan)
+    value = pd.to_numeric(calibration["monetary_value"]).to_numpy(dtype=float, na_value=np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        purchases = np.where(t > 0, x / t, 0.0) * holdout_days
+    purchases = np.where(np.isnan(x) | np.isnan(t), np.nan, purchases)
+    revenue = purchases * np.where(x > 0, value, 0.0)
+    return purchases, revenue
 
 
 # --------------------------------------------------------------------------------------
@@ -164,6 +186,22 @@ def holdout_metrics(comparison: pd.DataFrame) -> dict[str, float]:
         "holdout_actual_purchases_total": float(comparison["actual_purchases"].sum()),
         "holdout_expected_revenue_total": float(comparison["expected_revenue"].sum()),
         "holdout_actual_revenue_total": float(comparison["actual_revenue"].sum()),
+        **_baseline_metrics(comparison, "run_rate", purchase_error, revenue_error),
+    }
+
+
+def _baseline_metrics(comparison: pd.DataFrame, name: str, purchase_error: pd.Series, revenue_error: pd.Series) -> dict[str, float]:
+    """`baseline_<name>_holdout_mae_*` and `lift_over_<name>_mae_*` (the baseline's error minus
+    the model's: positive when the model is better), as the classifiers report theirs."""
+    if f"{name}_purchases" not in comparison:
+        return {}
+    mae_purchases = float((comparison[f"{name}_purchases"] - comparison["actual_purchases"]).abs().mean())
+    mae_revenue = float((comparison[f"{name}_revenue"] - comparison["actual_revenue"]).abs().mean())
+    return {
+        f"baseline_{name}_holdout_mae_purchases": mae_purchases,
+        f"baseline_{name}_holdout_mae_revenue": mae_revenue,
+        f"lift_over_{name}_mae_purchases": mae_purchases - float(purchase_error.abs().mean()),
+        f"lift_over_{name}_mae_revenue": mae_revenue - float(revenue_error.abs().mean()),
     }
 
 

@@ -32,6 +32,7 @@ from training.ltv_evaluation import (
     frequency_table,
     holdout_comparison,
     holdout_metrics,
+    run_rate_baseline,
     holdout_purchases,
     p_alive_matrix,
     plot_decile_calibration,
@@ -229,3 +230,26 @@ def test_import_has_no_side_effects():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_run_rate_baseline_by_hand():
+    """x / T x holdout days purchases, at the mean repeat order value; nothing to extrapolate
+    from a customer without repeat purchases or observed for no time."""
+    calibration = pd.DataFrame(
+        {"frequency": [2, 0, 3, None], "T_days": [100.0, 50.0, 0.0, None], "monetary_value": [30.0, 0.0, 10.0, None]}
+    )
+    purchases, revenue = run_rate_baseline(calibration, 50.0)
+    np.testing.assert_allclose(purchases, [1.0, 0.0, 0.0, np.nan])
+    np.testing.assert_allclose(revenue, [30.0, 0.0, 0.0, np.nan])
+
+
+def test_the_model_beats_the_run_rate_baseline_on_cdnow(comparison):
+    """The lift is logged like the classifiers' (baseline error minus model error). On the
+    CDNOW sample the naive run rate, which ignores drop-outs, over-forecasts the holdout."""
+    metrics = holdout_metrics(comparison)
+    run_rate_error = (comparison["run_rate_purchases"] - comparison["actual_purchases"]).abs().mean()
+    assert metrics["baseline_run_rate_holdout_mae_purchases"] == pytest.approx(run_rate_error)
+    assert metrics["lift_over_run_rate_mae_purchases"] == pytest.approx(run_rate_error - metrics["holdout_mae_purchases"])
+    assert metrics["lift_over_run_rate_mae_purchases"] > 0
+    assert metrics["lift_over_run_rate_mae_revenue"] > 0
+    assert comparison["run_rate_purchases"].sum() > comparison["actual_purchases"].sum()

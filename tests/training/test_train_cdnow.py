@@ -20,6 +20,7 @@ from features.backend import connect
 from features.cdnow import cdnow_to_profile
 from features.io import read_cdnow_transactions
 from features.validation import profile_from_frames
+from training.model_card import baseline_metrics
 from training.train import ClassifierConfig, LtvConfig, train_classifier, train_ltv
 
 pytestmark = pytest.mark.slow
@@ -67,6 +68,11 @@ def test_ltv_reproduces_the_published_cdnow_parameters():
         assert result.metrics[name] == pytest.approx(value, rel=0.005), name
     assert result.primary_metric.name == "holdout_mae_purchases" and not result.primary_metric.greater_is_better
     assert result.metrics["holdout_n_customers"] == 2_357
+    # Reported against the playbook's run-rate forecast, which the logged run and `models list` show.
+    assert result.metrics["lift_over_run_rate_mae_purchases"] > 0
+    assert baseline_metrics(result.metrics, result.primary_metric.name) == {
+        "run_rate": result.metrics["baseline_run_rate_holdout_mae_purchases"]
+    }
     # Published holdout actuals by calibration frequency (FHL 2005, Figure 3).
     actual = result.tables["holdout_by_frequency"]["actual_mean"].to_numpy()
     assert np.allclose(actual, [0.2367, 0.6970, 1.3925, 1.5600, 2.5323, 2.9474, 3.8621, 6.3594], atol=5e-4)
