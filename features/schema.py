@@ -95,6 +95,10 @@ KNOWN_EVENT_TYPES: tuple[str, ...] = (
     "coupon_redeemed",
 )
 
+#: The largest order amount accepted (batch rejects the row, the API answers 422): more is a
+#: unit error in any currency, and would let sums of amounts overflow to infinity.
+MAX_AMOUNT = 1e12
+
 #: Customer columns that are never features and never logged, unless configured otherwise.
 DEFAULT_PII_COLUMNS: tuple[str, ...] = (
     "email",

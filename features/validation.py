@@ -25,7 +25,7 @@ from ibis.common.exceptions import IbisError
 
 from features.errors import ProfileError, ProfileValidationError
 from features.profile import Profile
-from features.schema import CUSTOMERS, EVENTS, ORDERS, TABLES, ColumnSpec, TableSpec
+from features.schema import CUSTOMERS, EVENTS, MAX_AMOUNT, ORDERS, TABLES, ColumnSpec, TableSpec
 
 ROW = "_row"
 REJECT_COLUMN = "_reject_column"
@@ -463,6 +463,13 @@ def validate_profile(
     orders = _with_row_checks(tables["orders"], ORDERS, [])
     orders = _reject_where(
         orders, orders.amount < 0, "amount", "negative", "amount " + orders.amount.cast("string") + " is negative"
+    )
+    orders = _reject_where(
+        orders,
+        orders.amount > MAX_AMOUNT,
+        "amount",
+        "too_large",
+        "amount " + orders.amount.cast("string") + f" is above {MAX_AMOUNT:g} (a unit error?)",
     )
     orders = _reject_duplicates(orders, "order_id")
     if "currency" in tables["orders"].columns:

@@ -33,7 +33,7 @@ from serving.events import json_timestamp
 from serving.models import ModelSet, check_attribute_inputs, load_model_set
 from serving.feature_process import FeatureProcess, FeatureProcessConfig
 from serving.online import AttributeColumn, OnlineFeatureBuilder, attribute_columns_for
-from serving.schemas import FUTURE_TIMESTAMP, CustomerIn, ScoreRequest, future_timestamp_locs, latest_allowed, now_utc, utc_naive
+from serving.schemas import CustomerIn, ScoreRequest, latest_allowed, now_utc, timestamp_problems, utc_naive
 from serving.scoring import KEY, PERCENTILE_OF, PercentileReference, add_reasons, not_eligible_result, render_result, score_records
 from serving.store import RunRecord, ScoreStore
 from serving.tags import TAG_COLUMN_PREFIX, AlignedPreviousTags, TagRules, load_tag_rules
@@ -159,16 +159,23 @@ def _convert_attribute(column: AttributeColumn, value: Any) -> Any:
     if pa.types.is_integer(kind):
         if isinstance(value, bool):
             return int(value)
-        if isinstance(value, int):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ValueError("expected an integer")
+            value = int(value)
+        if not isinstance(value, int):
+            raise ValueError("expected an integer")
+        bounds = np.iinfo(kind.to_pandas_dtype())
+        if not bounds.min <= value <= bounds.max:
+            raise ValueError(f"expected an integer from {bounds.min} to {bounds.max}")
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError("expected a number")
-    if not math.isfinite(float(value)):
-        raise ValueError("expected a finite number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise ValueError("expected a finite number") from None
+    if not math.isfinite(number) or abs(number) > np.finfo(kind.to_pandas_dtype()).max:
+        raise ValueError(f"expected a finite number of at most {np.finfo(kind.to_pandas_dtype()).max:g}")
+    return number
 
 
 def _drop_repeated_events(columns: dict[str, list[Any]]) -> None:
@@ -189,8 +196,8 @@ def _drop_repeated_events(columns: dict[str, list[Any]]) -> None:
             keep.append(row)
             continue
         # Compared as UTC instants: a request may mix zoned and zone-less (UTC) timestamps.
-        if (utc_naive(columns["occurred_at"][row]), columns["event_type"][row]) < (
-            utc_naive(columns["occurred_at"][earlier]),
+        if (_instant(columns["occurred_at"][row]), columns["event_type"][row]) < (
+            _instant(columns["occurred_at"][earlier]),
             columns["event_type"][earlier],
         ):
             for name in names:
@@ -200,12 +207,31 @@ def _drop_repeated_events(columns: dict[str, list[Any]]) -> None:
         columns[name] = [values[row] for row in keep]
 
 
-def _holds_future_timestamps(tables: tuple[pa.Table, pa.Table, pa.Table]) -> bool:
-    """Whether a created_at, ordered_at or occurred_at is beyond `latest_allowed()` (one
-    vectorized pass; the columns are required, so they hold no nulls)."""
+def _instant(value: datetime) -> datetime:
+    """The UTC instant, or the earliest datetime when a zone offset carries it out of range
+    (that copy is then kept, and the request refused with its field path)."""
+    try:
+        return utc_naive(value)
+    except ValueError:
+        return datetime.min
+
+
+_EARLIEST = np.datetime64(datetime.min, "us")
+
+
+def _holds_suspect_timestamps(tables: tuple[pa.Table, pa.Table, pa.Table]) -> bool:
+    """Whether a created_at, ordered_at or occurred_at is beyond `latest_allowed()` or, in
+    UTC, before year 1 (one vectorized pass over the Arrow columns, which hold zoned values
+    converted to UTC; the columns are required, so they hold no nulls)."""
     limit = np.datetime64(latest_allowed(), "us")
     columns = (tables[0].column("created_at"), tables[1].column("ordered_at"), tables[2].column("occurred_at"))
-    return any(len(chunk) and chunk.to_numpy().max() > limit for column in columns for chunk in column.chunks)
+    for column in columns:
+        for chunk in column.chunks:
+            if len(chunk):
+                values = chunk.to_numpy()
+                if values.max() > limit or values.min() < _EARLIEST:
+                    return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -259,11 +285,18 @@ class ScoringEngine:
             customer_cols["customer_id"].append(key)
             customer_cols["created_at"].append(customer.created_at)
             values: dict[str, Any] = {}
+            given_as: dict[str, str] = {}
             for name_in_request, raw in customer.attributes.items():
                 name = _attribute_name(name_in_request)
                 column = by_name.get(name)
                 if column is None:
                     continue  # attributes no served model reads (and PII) are ignored
+                if name in given_as:  # e.g. "industry" and "Industry": which one counts?
+                    problems.append(
+                        (("body", "customers", i, "attributes", name_in_request), f"the same attribute as {given_as[name]!r}")
+                    )
+                    continue
+                given_as[name] = name_in_request
                 try:
                     values[name] = _convert_attribute(column, raw)
                 except ValueError as exc:
@@ -307,8 +340,8 @@ class ScoringEngine:
             pa.table(order_cols, schema=schemas["orders"]),
             pa.table(event_cols, schema=schemas["events"]),
         )
-        if _holds_future_timestamps(tables):
-            problems += [(loc, FUTURE_TIMESTAMP) for loc in future_timestamp_locs(customers)]
+        if _holds_suspect_timestamps(tables):
+            problems += timestamp_problems(customers)
         if problems:
             raise InputError(problems)
         return tables

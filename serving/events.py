@@ -119,10 +119,7 @@ def parse_timestamp(text: str) -> datetime:
 def json_timestamp(value: datetime | str) -> str:
     """ISO UTC as shown to receivers: "2025-07-01T00:00:00Z", microseconds only when not zero."""
     moment = parse_timestamp(value) if isinstance(value, str) else to_utc_naive(value)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    if moment.microsecond:
-        text += f".{moment.microsecond:06d}"
-    return text + "Z"
+    return moment.isoformat() + "Z"  # four-digit years, unlike strftime's %Y before year 1000
 
 
 # --------------------------------------------------------------------------------------

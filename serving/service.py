@@ -34,7 +34,8 @@ import hmac
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import anyio
 import bentoml
@@ -43,8 +44,9 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
 
 from serving import bentoml_fixes
 from serving.events import json_timestamp
@@ -159,11 +161,31 @@ class MicroBatcher:
         self._peak = self._in_flight
         return [(r, f) for r, f in batch if not f.done()]
 
-    @staticmethod
-    def _fail(live: list[tuple[ScoreRequest, asyncio.Future[Any]]], exc: Exception) -> None:
-        for _, future in live:
+    async def _alone(self, live: list[tuple[ScoreRequest, asyncio.Future[Any]]], exc: Exception) -> None:
+        """After a batch failed: each request again on its own, so that a request that breaks
+        scoring fails alone instead of with every other caller of its batch. A failure of the
+        feature process itself (`OnlineFeatureError`) is every caller's."""
+        from serving.online import OnlineFeatureError
+
+        if len(live) == 1 or isinstance(exc, OnlineFeatureError):
+            for _, future in live:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        logger.warning("a batch of %d requests failed (%s); scoring them one by one", len(live), type(exc).__name__)
+        for request, future in live:
+            if future.done():
+                continue
+            try:
+                async with self._forming:  # type: ignore[union-attr]
+                    prepared = await anyio.to_thread.run_sync(self.prepare, [request])
+                (outcome,) = await anyio.to_thread.run_sync(self.finish, prepared)
+            except Exception as alone:  # noqa: BLE001 - this caller's error
+                if not future.done():
+                    future.set_exception(alone)
+                continue
             if not future.done():
-                future.set_exception(exc)
+                future.set_result(outcome)
 
     async def _lane(self) -> None:
         assert self._forming is not None
@@ -174,13 +196,15 @@ class MicroBatcher:
                     continue
                 try:
                     prepared = await anyio.to_thread.run_sync(self.prepare, [r for r, _ in live])
-                except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the error
-                    self._fail(live, exc)
-                    continue
+                except Exception as exc:  # noqa: BLE001 - settled per request below
+                    prepared, failure = None, exc
+            if prepared is None:
+                await self._alone(live, failure)
+                continue
             try:
                 outcomes = await anyio.to_thread.run_sync(self.finish, prepared)
-            except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the error
-                self._fail(live, exc)
+            except Exception as exc:  # noqa: BLE001 - settled per request
+                await self._alone(live, exc)
                 continue
             for (_, future), outcome in zip(live, outcomes, strict=True):
                 if not future.done():
@@ -188,8 +212,10 @@ class MicroBatcher:
 
 
 def _problem(status: int, message: str, **extra: Any) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if "retry_after_seconds" in extra:
+        headers["Retry-After"] = str(extra["retry_after_seconds"])
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers or None)
 
 
 class Guard:
@@ -229,8 +255,11 @@ class Guard:
             limit = app.state.settings.max_body_bytes
             length = headers.get("content-length")
             if length is None:
-                return _problem(411, "send the request with a Content-Length header")
-            if not length.isdigit() or int(length) > limit:
+                # No length and no transfer coding: no body (HTTP/1.1), e.g. `curl -X POST`.
+                if "transfer-encoding" in headers:
+                    return _problem(411, "send the request with a Content-Length header")
+                return None
+            if not (length.isascii() and length.isdigit()) or int(length) > limit:
                 return _problem(413, f"request body is larger than {limit:,} bytes", limit_bytes=limit)
         return None
 
@@ -238,11 +267,28 @@ class Guard:
 app.add_middleware(Guard)
 
 
+#: Problems listed in one 422 answer; the count says how many there were.
+MAX_REPORTED_PROBLEMS = 100
+
+
+def _invalid(problems: Sequence[tuple[Sequence[str | int], str, str]], total: int | None = None) -> JSONResponse:
+    """422 with the field path, message and type of the first `MAX_REPORTED_PROBLEMS` problems."""
+    detail = [{"loc": list(loc), "msg": msg, "type": kind} for loc, msg, kind in problems[:MAX_REPORTED_PROBLEMS]]
+    total = len(problems) if total is None else total
+    body: dict[str, Any] = {"error": "invalid request", "detail": detail}
+    if total > len(detail):
+        body["problems_total"] = total
+    return JSONResponse(body, status_code=422)
+
+
 @app.exception_handler(RequestValidationError)
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     # Field path and message only: echoing inputs back would copy personal data into proxies' logs.
-    detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
-    return JSONResponse({"error": "invalid request", "detail": jsonable_encoder(detail)}, status_code=422)
+    errors = exc.errors()
+    problems = [
+        (tuple(e.get("loc", ())), str(e.get("msg", "")), str(e.get("type", ""))) for e in errors[:MAX_REPORTED_PROBLEMS]
+    ]
+    return _invalid(problems, total=len(errors))
 
 
 # Before BentoML assembles the app's middleware (see serving.bentoml_fixes).
@@ -380,8 +426,7 @@ class CrmScoring:
             logger.error("online features failed: %s", exc)
             return _problem(503, f"online features are unavailable, retry shortly: {exc}", retry_after_seconds=5)
         if isinstance(results, InputError):
-            detail = [{"loc": list(loc), "msg": msg, "type": "value_error"} for loc, msg in results.problems]
-            return JSONResponse({"error": "invalid request", "detail": detail}, status_code=422)
+            return _invalid([(loc, msg, "value_error") for loc, msg in results.problems])
         if isinstance(results, JSONResponse):
             return results
         logger.debug("scored %d customer(s) in %.1f ms", len(body.customers), 1000 * (time.perf_counter() - started))
@@ -444,32 +489,50 @@ async def _service() -> Any:
 # (measured: 0.29 -> 0.22 ms of FastAPI work per request; a round of 8 requests parses them
 # one after the other). Its errors are the same 422 with the field path under "body"; the
 # OpenAPI document still describes the body (`_openapi`).
-_SCORE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}}},
+def _body_schema(model: str) -> dict[str, Any]:
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}}
     }
-}
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def read_body(model: type[Body], body: bytes) -> Body:
+    """The request body as `model`; RequestValidationError (422) names the field path (a
+    body that is not JSON: `["body"]`)."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)[:MAX_REPORTED_PROBLEMS]
+        # JSON syntax errors carry a character offset where a field path would be.
+        located = [{**e, "loc": ("body",) if e["type"] == "json_invalid" else ("body", *e["loc"])} for e in errors]
+        raise RequestValidationError(located) from None
+
+
+async def _body(request: Request) -> bytes | JSONResponse:
+    try:
+        return await request.body()
+    except ClientDisconnect:  # the client is gone: nothing to answer, and not a server error
+        return _problem(400, "the client closed the connection before sending the whole body")
 
 
 def read_score_request(body: bytes) -> ScoreRequest:
-    """The request body as a `ScoreRequest`; RequestValidationError (422) names the field path."""
-    try:
-        return ScoreRequest.model_validate_json(body)
-    except ValidationError as exc:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+    return read_body(ScoreRequest, body)
 
 
-@app.post("/score", response_model=ScoreResponse, openapi_extra=_SCORE_BODY)
+@app.post("/score", response_model=ScoreResponse, openapi_extra=_body_schema("ScoreRequest"))
 async def score(request: Request, service: Any = Depends(_service)) -> Any:
     """Scores, tags and segments for inline profiles (see the module docstring)."""
-    return await service.score(read_score_request(await request.body()))
+    body = await _body(request)
+    return body if isinstance(body, JSONResponse) else await service.score(read_body(ScoreRequest, body))
 
 
-@app.post("/score/by-id", response_model=ScoreByIdResponse)
-async def score_by_id(body: ScoreByIdRequest, service: Any = Depends(_service)) -> Any:
+@app.post("/score/by-id", response_model=ScoreByIdResponse, openapi_extra=_body_schema("ScoreByIdRequest"))
+async def score_by_id(request: Request, service: Any = Depends(_service)) -> Any:
     """Rows of the latest batch snapshot, and the ids it does not hold."""
-    return await service.score_by_id(body)
+    body = await _body(request)
+    return body if isinstance(body, JSONResponse) else await service.score_by_id(read_body(ScoreByIdRequest, body))
 
 
 @app.get("/models", response_model=ModelsResponse)
@@ -488,10 +551,11 @@ def _openapi() -> dict[str, Any]:
     """FastAPI's OpenAPI document plus the schemas of the bodies routes read themselves."""
     if app.openapi_schema is None:
         document = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-        request_schema = ScoreRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas = document.setdefault("components", {}).setdefault("schemas", {})
-        schemas.update(request_schema.pop("$defs", {}))
-        schemas["ScoreRequest"] = request_schema
+        for model in (ScoreRequest, ScoreByIdRequest):
+            request_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(request_schema.pop("$defs", {}))
+            schemas[model.__name__] = request_schema
         app.openapi_schema = document
     return app.openapi_schema
 

@@ -37,6 +37,10 @@ def _keys(inline: SecretStr | None, file: Path | None, variable: str) -> list[st
             keys += _split_keys(Path(file).read_text(encoding="utf-8"))
         except OSError as exc:
             raise SettingsError(f"cannot read {variable} {file}: {exc.strerror or exc}") from exc
+    # HTTP headers are read as Latin-1, while clients send UTF-8: a key with other characters
+    # would never match. Said at start-up rather than as 401s.
+    if any(not (key.isascii() and key.isprintable()) for key in keys):
+        raise SettingsError(f"{variable.removesuffix('_FILE')}(_FILE) holds a key with characters other than printable ASCII; use e.g. `openssl rand -hex 32`")
     return list(dict.fromkeys(keys))  # de-duplicated, order kept
 
 

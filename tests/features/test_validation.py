@@ -117,6 +117,7 @@ def test_column_of_unusable_type_is_named(tmp_path: Path) -> None:
     [
         ("orders", {"amount": "ten"}, "amount", "not_a_number", "amount 'ten' is not a number"),
         ("orders", {"amount": -5.0}, "amount", "negative", "amount -5.0 is negative"),
+        ("orders", {"amount": 1e308}, "amount", "too_large", "amount 1e+308 is above 1e+12 (a unit error?)"),
         ("orders", {"ordered_at": "31/02/2025"}, "ordered_at", "not_a_timestamp", "ordered_at '31/02/2025' is not a timestamp"),
         ("orders", {"customer_id": "c-999"}, "customer_id", "unknown_customer", "customer_id 'c-999' is not a valid customer"),
         ("orders", {"order_id": None}, "order_id", "missing", "order_id is missing"),

@@ -114,6 +114,46 @@ def test_a_failed_batch_fails_its_callers_only() -> None:
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("stage", ["prepare", "finish"])
+def test_a_request_that_breaks_its_batch_fails_alone(stage: str) -> None:
+    """The others of its batch are scored one by one and answered; only it gets the error."""
+    recorder = Recorder(fail_on="bad" if stage == "prepare" else None)
+
+    def finish(requests: list[FakeRequest]) -> list[Any]:
+        if any(r.name == "bad" for r in requests):
+            raise OverflowError("cannot finish bad")
+        return Recorder.finish(requests)
+
+    batcher = MicroBatcher(recorder.prepare, finish, max_customers=100, max_wait=0.05)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(batcher.submit(FakeRequest(n)) for n in ("a", "bad", "c")), return_exceptions=True)
+
+    a, bad, c = asyncio.run(main())
+    assert (a, c) == ("scored a", "scored c")
+    assert isinstance(bad, RuntimeError if stage == "prepare" else OverflowError)
+    assert recorder.batches == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]
+
+
+def test_a_feature_process_failure_is_every_callers() -> None:
+    """Not a request's fault: retrying each alone would only repeat it."""
+    from serving.online import OnlineFeatureError
+
+    calls: list[int] = []
+
+    def prepare(requests: list[FakeRequest]) -> Any:
+        calls.append(len(requests))
+        raise OnlineFeatureError("the feature process stopped")
+
+    batcher = MicroBatcher(prepare, Recorder.finish, max_customers=100, max_wait=0.05)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(batcher.submit(FakeRequest(f"r{i}")) for i in range(3)), return_exceptions=True)
+
+    assert all(isinstance(outcome, OnlineFeatureError) for outcome in asyncio.run(main()))
+    assert calls == [3]
+
+
 def test_two_lanes_prepare_the_next_batch_while_one_is_finished() -> None:
     """With two lanes the second batch's features start before the first batch is scored."""
     events: list[str] = []

@@ -171,6 +171,7 @@ def test_json_timestamps_are_utc() -> None:
     assert json_timestamp(datetime(2025, 7, 1, 2, 0, tzinfo=timezone(timedelta(hours=2)))) == "2025-07-01T00:00:00Z"
     assert json_timestamp(datetime(2025, 7, 1, 0, 0, 0, 500, tzinfo=UTC)) == "2025-07-01T00:00:00.000500Z"
     assert json_timestamp("2025-07-01T00:00:00.000000Z") == "2025-07-01T00:00:00Z"
+    assert json_timestamp(datetime(1, 1, 1)) == "0001-01-01T00:00:00Z"  # ISO 8601 has four-digit years
 
 
 tier = st.one_of(st.none(), st.sampled_from(["low", "medium", "high"]))

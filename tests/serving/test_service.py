@@ -126,6 +126,20 @@ def _loc(response: httpx.Response) -> list[list[Any]]:
         (lambda c: c.update(orders="none"), 422, ["body", "customers", 0, "orders"]),
         (lambda c: c["attributes"].update(industry=5), 422, ["body", "customers", 0, "attributes", "industry"]),
         (lambda c: c["orders"].insert(1, dict(c["orders"][0])), 422, ["body", "customers", 0, "orders", 1, "order_id"]),
+        # Zone offsets that carry a timestamp past year 9999 or before year 1 in UTC.
+        (lambda c: c.update(created_at="9999-12-31T23:59:59-05:00"), 422, ["body", "customers", 0, "created_at"]),
+        (lambda c: c["orders"][0].update(ordered_at="0001-01-01T00:00:00+01:00"), 422, ["body", "customers", 0, "orders", 0, "ordered_at"]),
+        (lambda c: c.update(events=[{"event_id": "e", "occurred_at": "2025-01-01T00:00:00Z", "event_type": "x"}, {"event_id": "e", "occurred_at": "0001-01-01T00:00:00+01:00", "event_type": "x"}]), 422, ["body", "customers", 0, "events", 1, "occurred_at"]),
+        # Numbers are not timestamps (pydantic would read seconds since 1970), nor true or text amounts.
+        (lambda c: c.update(created_at=1700000000), 422, ["body", "customers", 0, "created_at"]),
+        (lambda c: c.update(created_at="20250615"), 422, ["body", "customers", 0, "created_at"]),
+        (lambda c: c["orders"][0].update(amount=True), 422, ["body", "customers", 0, "orders", 0, "amount"]),
+        (lambda c: c["orders"][0].update(amount="44.69"), 422, ["body", "customers", 0, "orders", 0, "amount"]),
+        # Sums of amounts must stay finite (CLV of 1e308 orders was infinite).
+        (lambda c: c["orders"][0].update(amount=1e308), 422, ["body", "customers", 0, "orders", 0, "amount"]),
+        # Attributes: the path ends at the attribute; two spellings of one column are refused.
+        (lambda c: c["attributes"].update(industry=[1]), 422, ["body", "customers", 0, "attributes", "industry"]),
+        (lambda c: c["attributes"].update(Industry="software"), 422, ["body", "customers", 0, "attributes", "Industry"]),
     ],
 )
 def test_bad_fields_get_422_with_the_field_path(client: TestClient, customer: dict[str, Any], mutate: Any, status: int, loc: list[Any]) -> None:
@@ -158,6 +172,31 @@ def test_request_level_problems(client: TestClient, customer: dict[str, Any]) ->
     assert client.post("/v1/score", content=b"", headers=AUTH).status_code == 422
     assert client.post("/v1/score", content=b"[]", headers={**AUTH, "Content-Type": "application/json"}).status_code == 422
     assert client.post("/v1/score/by-id", json={"customer_ids": "c-1"}, headers=AUTH).status_code == 422
+    early = client.post("/v1/score", json=body(customer, as_of="0001-01-01T00:00:00+01:00"), headers=AUTH)
+    assert early.status_code == 422 and _loc(early) == [["body", "as_of"]]
+    # A body that is not JSON: the path is the body, not a character offset; by-id alike.
+    for path in ("/v1/score", "/v1/score/by-id"):
+        broken = client.post(path, content=b'{"customer_ids": [1,', headers={**AUTH, "Content-Type": "application/json"})
+        assert broken.status_code == 422 and broken.json()["error"] == "invalid request" and _loc(broken) == [["body"]], broken.text
+        deep = client.post(path, content=b"[" * 100_000, headers={**AUTH, "Content-Type": "application/json"})
+        assert deep.status_code == 422 and _loc(deep) == [["body"]], deep.text
+    # A POST without a body and without Content-Length (curl -X POST) is an empty body.
+    assert client.post("/v1/score", headers=AUTH).status_code == 422
+
+
+def test_many_problems_are_listed_up_to_a_limit(client: TestClient, customer: dict[str, Any]) -> None:
+    """A body of thousands of broken items must not make an answer of millions of errors."""
+    from serving.service import MAX_REPORTED_PROBLEMS
+
+    repeated = {**customer, "orders": [customer["orders"][0]] * 300}  # 299 duplicate order ids
+    response = client.post("/v1/score", json=body(repeated), headers=AUTH)
+    assert response.status_code == 422
+    assert len(response.json()["detail"]) == MAX_REPORTED_PROBLEMS and response.json()["problems_total"] == 299
+    # The first broken order of a customer ends that list's checks (pydantic's fail_fast).
+    broken = {**customer, "orders": [{}] * 2_000}
+    response = client.post("/v1/score", json=body(broken), headers=AUTH)
+    assert response.status_code == 422 and len(response.json()["detail"]) < 10
+    assert ["body", "customers", 0, "orders", 0, "order_id"] in _loc(response)
 
 
 def test_too_many_customers_and_too_large_bodies(client: TestClient, customer: dict[str, Any]) -> None:
