@@ -1,4 +1,4 @@
-"""`crm-scoring score` end to end on the shared trained project: back-filled runs, corrected data, PII settings."""
+"""`crm-scoring score` end to end on the shared trained project: back-filled runs, corrected data, PII settings, hysteresis."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from features.settings import Settings
 from serving.engine import build_engine
 from serving.models import ModelLoadError, load_model_set
 from serving.store import ScoreStore
+from serving.tags import evaluate_tags, load_tag_rules
 from tests.serving.conftest import AS_OF, CLI, FIRST_AS_OF, TrainedProject
 from training.config import TrainingSettings
 
@@ -66,6 +67,11 @@ def test_corrected_data_at_the_same_as_of_is_a_new_run_with_its_events(trained_p
     latest = store.latest_run()
     assert latest is not None
     before = store.read_snapshot(latest.run_id).set_index("customer_id")
+    # First the same data again: a re-run of the latest run adds no event.
+    events_before = store.event_counts()
+    again = trained_project.run("score", "--profile", str(profile), "--as-of", AS_OF, "--out", str(folder))
+    assert "re-run of an existing run" in " ".join(again.stdout.split()) and "0 new event(s)" in " ".join(again.stdout.split())
+    assert store.event_counts() == events_before and store.latest_run() == latest
     # The top-value customers' completed orders before as_of become refunds.
     top = before.index[before["tag_value_tier"] == "top"][:30].tolist()
     orders = pq.read_table(profile / "orders.parquet").to_pandas()
@@ -118,3 +124,23 @@ def test_score_and_the_api_keep_the_configured_pii_columns_out_of_the_features(t
             trained_project.root / "scores", None, settings,
             feature_params=FeatureParams(attributes=AttributeParams(pii_columns=tuple(pii))),
         )
+
+
+def test_the_batch_holds_tiers_by_hysteresis_from_the_previous_run(trained_project: TrainedProject) -> None:
+    """The AS_OF run's tags are the rules applied to its scores with the FIRST_AS_OF run's tags
+    as the previous state; some customers keep a tier their score alone would not give."""
+    store = ScoreStore(trained_project.root / "scores")
+    first, latest = store.runs()
+    previous, current = store.read_snapshot(first.run_id), store.read_snapshot(latest.run_id)
+    rules = load_tag_rules(None)
+    columns = [c for c in current.columns if c.startswith(("tag_", "segment_"))]
+
+    def values(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[columns].astype(object).where(frame[columns].notna(), None).reset_index(drop=True)
+
+    held = evaluate_tags(rules, current, previous=previous)
+    plain = evaluate_tags(rules, current)
+
+    pd.testing.assert_frame_equal(values(held), values(current))
+    differs = (values(plain) != values(current)).any(axis=1)
+    assert differs.sum() > 0, "no customer held a tier: the test would not see hysteresis missing"

@@ -11,6 +11,7 @@ import pytest
 from serving.engine import ScoringEngine, build_engine
 from serving.schemas import ScoreRequest
 from serving.store import ScoreStore
+from serving.tags import evaluate_tags, load_tag_rules
 from tests.serving.conftest import AS_OF, TrainedProject
 from serving.inline import inline_customers
 from training.config import TrainingSettings
@@ -35,7 +36,13 @@ def _sample_ids(snapshot: pd.DataFrame, n: int) -> list[str]:
     leads = snapshot[snapshot.lead_probability.notna()].index[:n]
     buyers = snapshot[snapshot.churn_probability.notna()].index[:n]
     flagged = snapshot[snapshot.filter(like="segment_").any(axis=1)].index[:n]
-    return sorted({*leads, *buyers, *flagged})
+    # Customers who keep a tier by hysteresis (their scores alone would give another): online
+    # must read the snapshot's tiers as the previous state to agree on them.
+    plain = evaluate_tags(load_tag_rules(None), snapshot.reset_index()).set_index("customer_id")
+    tags = [c for c in snapshot.columns if c.startswith("tag_")]
+    held = snapshot.index[(plain[tags].fillna("") != snapshot[tags].fillna("")).any(axis=1)][:n]
+    assert len(held) > 0
+    return sorted({*leads, *buyers, *flagged, *held})
 
 
 def test_online_scores_equal_the_batch_snapshot(engine: ScoringEngine, snapshot: pd.DataFrame, trained_project: TrainedProject) -> None:

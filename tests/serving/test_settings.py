@@ -1,4 +1,4 @@
-"""API keys from the environment or a file (serving.settings)."""
+"""API keys from the environment or a file (serving.settings), and the guard that checks them."""
 
 from __future__ import annotations
 
@@ -35,3 +35,27 @@ def test_an_unreadable_key_file_is_named(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("CRMSCORE_API_KEYS_FILE", str(tmp_path / "missing"))
     with pytest.raises(SettingsError, match=r"cannot read CRMSCORE_API_KEYS_FILE .*missing"):
         ServingSettings().resolved_api_keys()
+
+
+def test_without_configured_keys_every_v1_call_is_refused() -> None:
+    """No keys must not mean an open API: the guard refuses every token, admin ones too."""
+    from serving import service
+
+    def status(token: str | None, path: str = "/v1/models") -> int | None:
+        headers = [(b"authorization", f"Bearer {token}".encode())] if token is not None else []
+        scope = {"type": "http", "path": path, "root_path": "", "method": "GET", "headers": headers}
+        problem = service.Guard._problem(scope)
+        return None if problem is None else problem.status_code
+
+    saved = getattr(service.app.state, "keys", None)
+    try:
+        service.app.state.keys = service.KeyChecker([], [])
+        assert [status(None), status(""), status("anything"), status("x", "/v1/admin/reload")] == [401, 401, 401, 401]
+        assert status(None, "/v1/docs") is None  # the API documents itself without a key (health is outside /v1)
+
+        service.app.state.keys = service.KeyChecker(["k-api"], ["k-admin"])
+        assert [status("k-api"), status("k-admin"), status("k-api", "/v1/admin/reload"), status("k-admin", "/v1/admin/reload")] == [
+            None, None, 403, None,
+        ]
+    finally:
+        service.app.state.keys = saved

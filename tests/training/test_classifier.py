@@ -293,6 +293,9 @@ def test_pii_and_customer_ids_do_not_change_scores(trained, frames):
     cache = FeatureCache(_load(changed), DATA_END)
     back = {v: k for k, v in new_id.items()}
     for task, (model, before) in trained.items():
+        # New values the model never saw cannot move a tree split; the columns themselves must
+        # not be inputs at all.
+        assert not {"customer_id", "attr_email", "attr_name", "attr_phone"} & set(model.feature_columns_), task
         after = _score(model, cache, task, V, H).rename(index=back).reindex(before.index)
         assert after.notna().all()
         np.testing.assert_allclose(after.to_numpy(), before.to_numpy(), rtol=0, atol=1e-12, err_msg=task)
@@ -342,3 +345,18 @@ def test_a_more_recent_purchase_lowers_churn_probability():
     print(f"churn mean {before.mean():.3f} -> {after.mean():.3f} (lower for {(after < before).mean():.0%})")
     assert after.mean() < before.mean() - 0.1
     assert (after < before).mean() > 0.8
+    # Recency itself, not just one purchase more: the same extra purchase made long ago (the
+    # day after the customer's first purchase, so counts, amounts and frequency move alike)
+    # must lower churn less.
+    first = orders[orders["ordered_at"] < v].sort_values("ordered_at").groupby("customer_id").head(1)
+    old = last.set_index("customer_id").assign(
+        ordered_at=first.set_index("customer_id")["ordered_at"] + pd.Timedelta(days=1)
+    ).reset_index().assign(order_id=lambda f: "o-old-" + f["order_id"])
+    old = old[old["ordered_at"] < v - pd.Timedelta(days=7)]
+    control_profile = _load({**tables, "orders": pd.concat([orders, old])})
+    control = FeatureCache(control_profile, as_of.to_pydatetime(), families=families)
+    with_old = _score(model, control, "churn", v.to_pydatetime(), horizon).reindex(before.index)
+    both = old["customer_id"].unique()
+    print(f"churn with an old extra purchase {with_old[both].mean():.3f}, a recent one {after[both].mean():.3f}")
+    assert after[both].mean() < with_old[both].mean() - 0.1
+    assert (after[both] < with_old[both]).mean() > 0.8
