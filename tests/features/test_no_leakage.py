@@ -41,7 +41,15 @@ AS_OF_INSTANTS = (
 )
 
 CUSTOMERS_SCHEMA = pa.schema(
-    [("customer_id", pa.string()), ("created_at", pa.timestamp("us")), ("industry", pa.string()), ("employees", pa.float64())]
+    [
+        ("customer_id", pa.string()),
+        ("created_at", pa.timestamp("us")),
+        ("industry", pa.string()),
+        ("employees", pa.float64()),
+        # A timestamp attribute becomes an age in days at as_of: a value at or after as_of is
+        # not known yet, whether it is null or filled in (`extended` fills it in).
+        ("trial_started_at", pa.timestamp("us")),
+    ]
 )
 ORDERS_SCHEMA = arrow_schema(ORDERS)
 EVENTS_SCHEMA = arrow_schema(EVENTS)
@@ -91,6 +99,7 @@ def profiles(draw: st.DrawFn) -> tuple[datetime, Frames, Frames]:
             "created_at": at(draw(any_offset)),
             "industry": draw(st.sampled_from([None, "retail", "saas"])),
             "employees": draw(st.one_of(st.none(), st.floats(1, 5000, allow_nan=False))),
+            "trial_started_at": draw(st.one_of(st.none(), st.builds(at, st.integers(-400 * US_PER_DAY, -1)))),
         }
         for i in range(n_customers)
     ]
@@ -120,9 +129,11 @@ def profiles(draw: st.DrawFn) -> tuple[datetime, Frames, Frames]:
     events = [event(f"e{i}", draw(st.sampled_from(ids)), draw(any_offset)) for i in range(draw(st.integers(0, 12)))]
 
     new_customers = [
-        {"customer_id": f"new{i}", "created_at": at(draw(future_offset)), "industry": "retail", "employees": 10.0}
+        {"customer_id": f"new{i}", "created_at": at(draw(future_offset)), "industry": "retail", "employees": 10.0, "trial_started_at": None}
         for i in range(draw(st.integers(0, 2)))
     ]
+    # The same customers with their missing trial starts filled in at or after as_of.
+    filled = [{**c, "trial_started_at": c["trial_started_at"] or at(draw(future_offset))} for c in customers]
     all_ids = ids + [c["customer_id"] for c in new_customers]
     more_orders = [
         order(f"future-o{i}", draw(st.sampled_from(all_ids)), draw(future_offset)) for i in range(draw(st.integers(0, 6)))
@@ -132,7 +143,7 @@ def profiles(draw: st.DrawFn) -> tuple[datetime, Frames, Frames]:
     ]
     base = Frames(_frame(customers, CUSTOMERS_SCHEMA), _frame(orders, ORDERS_SCHEMA), _frame(events, EVENTS_SCHEMA))
     extended = Frames(
-        _frame(customers + new_customers, CUSTOMERS_SCHEMA),
+        _frame(filled + new_customers, CUSTOMERS_SCHEMA),
         _frame(orders + more_orders, ORDERS_SCHEMA),
         _frame(events + more_events, EVENTS_SCHEMA),
     )
@@ -142,8 +153,8 @@ def profiles(draw: st.DrawFn) -> tuple[datetime, Frames, Frames]:
 def _boundary_case() -> tuple[datetime, Frames, Frames]:
     """Everything added lands exactly on as_of: the off-by-one a `<=` would leak."""
     as_of = datetime(2024, 9, 1)
-    customer = {"customer_id": "c0", "created_at": as_of - timedelta(days=30), "industry": "retail", "employees": 5.0}
-    newcomer = {"customer_id": "new0", "created_at": as_of, "industry": "saas", "employees": 1.0}
+    customer = {"customer_id": "c0", "created_at": as_of - timedelta(days=30), "industry": "retail", "employees": 5.0, "trial_started_at": None}
+    newcomer = {"customer_id": "new0", "created_at": as_of, "industry": "saas", "employees": 1.0, "trial_started_at": None}
     order = {
         "order_id": "o0",
         "customer_id": "c0",
@@ -170,7 +181,7 @@ def _boundary_case() -> tuple[datetime, Frames, Frames]:
     ]
     base = Frames(_frame([customer], CUSTOMERS_SCHEMA), _frame([order], ORDERS_SCHEMA), _frame([event], EVENTS_SCHEMA))
     extended = Frames(
-        _frame([customer, newcomer], CUSTOMERS_SCHEMA),
+        _frame([{**customer, "trial_started_at": as_of}, newcomer], CUSTOMERS_SCHEMA),
         _frame([order, *orders_on_as_of], ORDERS_SCHEMA),
         _frame([event, *events_on_as_of], EVENTS_SCHEMA),
     )
@@ -193,7 +204,7 @@ def feature_sql(con):
         customers=con.table("leak_customers"),
         orders=con.table("leak_orders"),
         events=con.table("leak_events"),
-        attribute_columns=("industry", "employees"),
+        attribute_columns=("industry", "employees", "trial_started_at"),
     )
     compiled: dict[datetime, str] = {}
 
