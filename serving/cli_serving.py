@@ -122,6 +122,7 @@ def quickstart(
     from serving.cli import _quiet_mlflow, _training_settings, demo
 
     with errors_as_exit():
+        from features.errors import ProfileError
         from features.synthetic import DATA_END
         from serving.store import ScoreStore
         from training.registry import ModelNotFoundError, champions
@@ -140,7 +141,9 @@ def quickstart(
         if ScoreStore(settings.resolved_store_dir).latest_run() is None:
             profile_dir = data_dir / "profile"
             if not profile_dir.exists():
-                raise typer.BadParameter(f"no batch snapshot and no demo profile at {profile_dir}: run crm-scoring score first")
+                raise ProfileError(
+                    f"no batch snapshot and no demo profile at {profile_dir}: run `crm-scoring score --profile DIR --as-of DATE` first"
+                )
             out.print(f"no batch snapshot yet: scoring {profile_dir} as of {DATA_END:%Y-%m-%d}")
             score(profile=profile_dir, as_of=DATA_END.date().isoformat())
         serve(port=port, host="127.0.0.1")

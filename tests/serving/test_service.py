@@ -306,3 +306,18 @@ def test_real_bentoml_serve(trained_project: TrainedProject, customer: dict[str,
     for value in customer["attributes"].values():
         if isinstance(value, str) and "@" in value:
             assert value not in log
+
+
+def test_quickstart_without_a_snapshot_or_demo_data_says_what_to_run(trained_project: TrainedProject, tmp_path: Path) -> None:
+    """`make run` with champions but neither a batch snapshot nor the demo profile: one line, exit 1."""
+    cli = str(Path(sys.executable).with_name("crm-scoring"))
+    env = {**trained_project.env, "CRMSCORE_STORE_DIR": str(tmp_path / "empty-store")}
+    result = subprocess.run(
+        [cli, "quickstart", "--data", str(tmp_path / "no-demo")], cwd=trained_project.root, env=env,
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    said = " ".join(result.stderr.split())
+    assert "champions found" in result.stdout
+    assert f"error: no batch snapshot and no demo profile at {tmp_path / 'no-demo' / 'profile'}" in said
+    assert "Usage:" not in said and "Traceback" not in said
