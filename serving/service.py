@@ -504,9 +504,12 @@ def read_body(model: type[Body], body: bytes) -> Body:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False)[:MAX_REPORTED_PROBLEMS]
-        # JSON syntax errors carry a character offset where a field path would be.
-        located = [{**e, "loc": ("body",) if e["type"] == "json_invalid" else ("body", *e["loc"])} for e in errors]
+        # JSON syntax errors carry a character offset where a field path would be. (Every
+        # error is passed on: the handler lists the first ones and counts them all.)
+        located = [
+            {**e, "loc": ("body",) if e["type"] == "json_invalid" else ("body", *e["loc"])}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
         raise RequestValidationError(located) from None
 
 
@@ -515,10 +518,6 @@ async def _body(request: Request) -> bytes | JSONResponse:
         return await request.body()
     except ClientDisconnect:  # the client is gone: nothing to answer, and not a server error
         return _problem(400, "the client closed the connection before sending the whole body")
-
-
-def read_score_request(body: bytes) -> ScoreRequest:
-    return read_body(ScoreRequest, body)
 
 
 @app.post("/score", response_model=ScoreResponse, openapi_extra=_body_schema("ScoreRequest"))

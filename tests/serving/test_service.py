@@ -151,7 +151,7 @@ def test_bad_fields_get_422_with_the_field_path(client: TestClient, customer: di
 
 
 def test_the_openapi_document_describes_the_score_body(client: TestClient) -> None:
-    # /v1/score reads its body itself (serving.service.read_score_request); the document still shows it.
+    # /v1/score reads its body itself (serving.service.read_body); the document still shows it.
     document = client.get("/v1/openapi.json").json()
     body_schema = document["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body_schema == {"$ref": "#/components/schemas/ScoreRequest"}
@@ -192,6 +192,10 @@ def test_many_problems_are_listed_up_to_a_limit(client: TestClient, customer: di
     response = client.post("/v1/score", json=body(repeated), headers=AUTH)
     assert response.status_code == 422
     assert len(response.json()["detail"]) == MAX_REPORTED_PROBLEMS and response.json()["problems_total"] == 299
+    # The same for what pydantic finds: 60 empty customers miss 2 fields each.
+    response = client.post("/v1/score", json={"customers": [{}] * 60}, headers=AUTH)
+    assert response.status_code == 422
+    assert len(response.json()["detail"]) == MAX_REPORTED_PROBLEMS and response.json()["problems_total"] == 120
     # The first broken order of a customer ends that list's checks (pydantic's fail_fast).
     broken = {**customer, "orders": [{}] * 2_000}
     response = client.post("/v1/score", json=body(broken), headers=AUTH)
