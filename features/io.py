@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 
@@ -129,18 +130,20 @@ def load_profile(
     rejects_path: Path,
     max_reject_share: float = 0.01,
     materialize: bool = True,
+    before: datetime | None = None,
 ) -> LoadedProfile:
     """Read, validate and (by default) materialise a profile store once.
 
     Rejected rows are written to `rejects_path` (CSV: table, row, column, reason,
     record as JSON). Raises `ProfileValidationError` when a table rejects more than
-    `max_reject_share` of its rows, after writing the rejects.
+    `max_reject_share` of its rows, after writing the rejects. `before`: orders and events
+    at or after this cut-off are not read (`validate_profile`).
     """
     def stage(name: str, table: ibis.Table) -> ibis.Table:
         return con.create_table(f"_staged_{name}", table, temp=True, overwrite=True)
 
     raw = read_raw_profile(con, path)
-    result = validate_profile(raw, max_reject_share, stage if materialize else lazy_stage)
+    result = validate_profile(raw, max_reject_share, stage if materialize else lazy_stage, before=before)
     written = write_rejects(result.rejects, rejects_path) if result.report.rows_rejected else None
     raise_for_rejects(result.report, written)
     profile = result.profile

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 import itertools
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import ibis
 import ibis.expr.datatypes as dt
@@ -26,6 +27,7 @@ from ibis.common.exceptions import IbisError
 from features.errors import ProfileError, ProfileValidationError
 from features.profile import Profile
 from features.schema import CUSTOMERS, EVENTS, MAX_AMOUNT, ORDERS, TABLES, ColumnSpec, TableSpec
+from features.timeutil import as_of_literal, to_utc_naive
 
 ROW = "_row"
 REJECT_COLUMN = "_reject_column"
@@ -408,7 +410,10 @@ def lazy_stage(name: str, table: ibis.Table) -> ibis.Table:
 
 
 def validate_profile(
-    raw: Mapping[str, ibis.Table | None], max_reject_share: float = 0.01, stage: Stage = lazy_stage
+    raw: Mapping[str, ibis.Table | None],
+    max_reject_share: float = 0.01,
+    stage: Stage = lazy_stage,
+    before: datetime | None = None,
 ) -> ValidationResult:
     """Validate raw tables (each with a `_row` column) into a normalised `Profile`.
 
@@ -417,6 +422,11 @@ def validate_profile(
     not raise for them (see `raise_for_rejects`). `stage(name, table)` may materialise a
     checked table that has rejects (the loader does), so the report, the rejects and the
     feature families read the same computed rows instead of re-running the checks.
+
+    before: a run at this cut-off (`train --as-of`, `score --as-of`) reads nothing at or
+    after it: orders and events from then on are left out before any check, so they can
+    neither be rejected nor count toward the reject share. Rows whose time does not parse
+    stay, and are rejected. Customers are master data and are all read.
     """
     tables: dict[str, ibis.Table] = {}
     fatal: list[str] = []
@@ -434,6 +444,11 @@ def validate_profile(
         tables[name] = table
     if fatal:
         raise ProfileError("the profile does not match the contract: " + "; ".join(fatal))
+    if before is not None:
+        cutoff = as_of_literal(to_utc_naive(before))
+        for name, column in (("orders", "ordered_at"), ("events", "occurred_at")):
+            at = _CONVERTERS["timestamp"](tables[name][column])
+            tables[name] = tables[name].filter(at.isnull() | (at < cutoff))
 
     attribute_columns = [c for c in tables["customers"].columns if c != ROW and c not in {s.name for s in CUSTOMERS.columns}]
     notes: list[str] = []

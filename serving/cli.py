@@ -131,13 +131,17 @@ def data_validate(
         out.print("[green]profile is valid[/]" if not report.rows_rejected else "profile is usable (rejects below the limit)")
 
 
-def _load_validated(con, profile: Path, rejects_path: Path, settings):  # type: ignore[no-untyped-def]
-    """Load and validate a profile store, saying how many rows went to the rejects file."""
+def _load_validated(con, profile: Path, rejects_path: Path, settings, before=None):  # type: ignore[no-untyped-def]
+    """Load and validate a profile store, saying how many rows went to the rejects file.
+
+    before: the run's cut-off; orders and events at or after it are not read at all.
+    """
     from features.io import load_profile
 
+    what = f"load and validate {profile}" + (f" before {before:%Y-%m-%d %H:%M:%S}" if before is not None else "")
     loaded = _run_step(
-        f"load and validate {profile}",
-        lambda: load_profile(con, profile, rejects_path=rejects_path, max_reject_share=settings.max_reject_share),
+        what,
+        lambda: load_profile(con, profile, rejects_path=rejects_path, max_reject_share=settings.max_reject_share, before=before),
     )
     if loaded.report.rows_rejected:
         console.print(f"[yellow]![/] {loaded.report.rows_rejected:,} row(s) rejected; see {loaded.rejects_path}")
@@ -176,7 +180,7 @@ def features_build(
         cutoff = to_utc_naive(as_of)
         rejects_path = out_file.with_name(out_file.stem + ".rejects.csv")
         con = connect(settings)
-        loaded = _load_validated(con, profile, rejects_path, settings)
+        loaded = _load_validated(con, profile, rejects_path, settings, before=cutoff)
         expr = build_features(loaded.profile, cutoff, settings.feature_params())
         _run_step(f"build features as of {cutoff:%Y-%m-%d %H:%M:%S} -> {out_file}", lambda: write_parquet(expr, out_file))
         import pyarrow.parquet as pq
@@ -325,7 +329,7 @@ def _train_and_report(
     horizon_days = parse_horizon(horizon)
     rejects_path = rejects or _default_rejects_path(profile)
     con = connect(features_settings)
-    loaded = _load_validated(con, profile, rejects_path, features_settings)
+    loaded = _load_validated(con, profile, rejects_path, features_settings, before=cutoff)
     # The store is opened (and created if missing) only once the input is known to be usable.
     _quiet_mlflow()
     _run_step(f"open the MLflow store {tracking_uri(settings)}", lambda: configure(settings))

@@ -55,7 +55,7 @@ def score(
         con = connect(features_settings)
         # Rejected rows go beside the output (the profile may be read-only).
         rejects = settings.resolved_store_dir / "rejects.csv"
-        loaded = _load_validated(con, Path(profile), rejects, features_settings)
+        loaded = _load_validated(con, Path(profile), rejects, features_settings, before=cut_off)
         score_store = ScoreStore(settings.resolved_store_dir)
 
         def report(message: str) -> None:

@@ -258,3 +258,39 @@ def test_as_of_parsing_is_utc() -> None:
     assert parse_horizon("13w") == 91 and parse_horizon("90d") == 90 and parse_horizon("365") == 365
     with pytest.raises(ValueError, match="not a duration"):
         parse_horizon("soon")
+
+
+def test_a_run_reads_no_order_or_event_at_or_after_its_cut_off(tmp_path: Path) -> None:
+    """`train --as-of T` reads nothing at or after T: a broken order or event dated from T on
+    is neither rejected nor counted toward the reject share; one whose time does not parse
+    is still rejected (it cannot be placed before or after T)."""
+    cutoff = datetime(2025, 3, 1)
+    orders = pd.concat(
+        [
+            GOOD_ORDERS,
+            pd.DataFrame(
+                {
+                    "order_id": ["late-1", "late-2", "bad-time"],
+                    "customer_id": ["c-1", "ghost", "c-2"],
+                    "ordered_at": ["2025-03-01T00:00:00", "2025-04-01T00:00:00", "someday"],
+                    "amount": [-5.0, 10.0, 1.0],
+                    "currency": ["USD"] * 3,
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
+    events = pd.concat(
+        [GOOD_EVENTS, pd.DataFrame({"customer_id": ["ghost"], "occurred_at": ["2025-03-02T00:00:00Z"], "event_type": ["x"]})],
+        ignore_index=True,
+    )
+    folder = write_profile(tmp_path, orders=orders, events=events)
+
+    loaded = load_profile(connect(), folder, rejects_path=folder / "rejects.csv", max_reject_share=1.0, before=cutoff)
+
+    assert [(r["table"], r["code"]) for r in read_rejects(folder / "rejects.csv")] == [("orders", "not_a_timestamp")]
+    assert sorted(loaded.profile.orders.order_id.to_pyarrow().to_pylist()) == sorted(GOOD_ORDERS["order_id"])
+    assert loaded.profile.events.count().to_pyarrow().as_py() == len(GOOD_EVENTS)
+    # Without a cut-off (`data validate`) every row is checked.
+    everything = load_profile(connect(), folder, rejects_path=tmp_path / "all.csv", max_reject_share=1.0)
+    assert everything.report.rows_rejected == 4
