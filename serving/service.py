@@ -20,10 +20,12 @@ cost is mostly fixed. Results equal scoring each request alone (tested). The fea
 queries run in a child process (`serving.feature_process`) so that DuckDB does not queue
 for this process's GIL behind request handling.
 
-Status codes: 401 missing/invalid key, 403 admin endpoint without an admin key, 411 POST
-without Content-Length, 413 body or batch too large, 422 invalid fields (with `loc`),
-429 too many requests in flight, 503 not ready / scoring timeout / feature process restarting. Logs carry method,
-path, status, counts and durations, never bodies, attribute values or emails.
+Status codes: 401 missing/invalid key, 403 admin endpoint without an admin key, 411 a
+chunked POST body (no Content-Length), 413 body or batch too large, 422 invalid fields
+(with `loc`; at most `MAX_REPORTED_PROBLEMS` listed), 429 too many requests in flight,
+503 not ready / scoring timeout / feature process restarting (429 and 503 with
+Retry-After). Logs carry method, path, status, counts and durations, never bodies,
+attribute values or emails.
 """
 
 from __future__ import annotations
