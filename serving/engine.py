@@ -173,8 +173,9 @@ def _convert_attribute(column: AttributeColumn, value: Any) -> Any:
         number = float(value)
     except OverflowError:  # an integer of hundreds of digits
         raise ValueError("expected a finite number") from None
-    if not math.isfinite(number) or abs(number) > np.finfo(kind.to_pandas_dtype()).max:
-        raise ValueError(f"expected a finite number of at most {np.finfo(kind.to_pandas_dtype()).max:g}")
+    largest = float(np.finfo(kind.to_pandas_dtype()).max)  # float32 columns hold less than float64
+    if not math.isfinite(number) or abs(number) > largest:
+        raise ValueError(f"expected a finite number of at most {largest:g}")
     return number
 
 

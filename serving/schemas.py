@@ -6,9 +6,10 @@ contract). A timestamp more than `FUTURE_TOLERANCE` ahead of the clock is an inp
 clock in one pass over the Arrow columns the engine builds from them (`latest_allowed`,
 `timestamp_problems`): a Python validator per timestamp that converted and compared cost
 0.13 of the 0.20 ms that validating such a request took. Numbers are refused as
-timestamps (pydantic would read them as seconds since 1970). Limits that protect the service (orders and events per
-customer) are part of the schema so a client learns them from the OpenAPI document; the
-customers-per-request limit is a setting and is checked by the service (413).
+timestamps (pydantic would read them as seconds since 1970). Limits that protect the
+service (orders and events per customer) are part of the schema so a client learns them
+from the OpenAPI document; the customers-per-request limit is a setting and is checked by
+the service (413).
 
 Errors raised here become 422 responses whose `loc` is the field path, e.g.
 `["body", "customers", 0, "orders", 3, "amount"]`. `hide_input_in_errors` keeps field

@@ -174,35 +174,29 @@ def frequency_table(comparison: pd.DataFrame, max_frequency: int = 7) -> pd.Data
 
 
 def holdout_metrics(comparison: pd.DataFrame) -> dict[str, float]:
-    """Per-customer errors and totals over the holdout (flat floats, ready for MLflow)."""
+    """Per-customer errors and totals over the holdout (flat floats, ready for MLflow), and the
+    run-rate baseline's errors with the model's lift over them (`baseline_run_rate_holdout_mae_*`,
+    `lift_over_run_rate_mae_*` = the baseline's error minus the model's: positive when the
+    model is better), as the classifiers report theirs."""
     purchase_error = comparison["expected_purchases"] - comparison["actual_purchases"]
     revenue_error = comparison["expected_revenue"] - comparison["actual_revenue"]
-    return {
+    mae = {"purchases": float(purchase_error.abs().mean()), "revenue": float(revenue_error.abs().mean())}
+    metrics = {
         "holdout_n_customers": float(len(comparison)),
-        "holdout_mae_purchases": float(purchase_error.abs().mean()),
+        "holdout_mae_purchases": mae["purchases"],
         "holdout_rmse_purchases": float(np.sqrt((purchase_error**2).mean())),
-        "holdout_mae_revenue": float(revenue_error.abs().mean()),
+        "holdout_mae_revenue": mae["revenue"],
         "holdout_expected_purchases_total": float(comparison["expected_purchases"].sum()),
         "holdout_actual_purchases_total": float(comparison["actual_purchases"].sum()),
         "holdout_expected_revenue_total": float(comparison["expected_revenue"].sum()),
         "holdout_actual_revenue_total": float(comparison["actual_revenue"].sum()),
-        **_baseline_metrics(comparison, "run_rate", purchase_error, revenue_error),
     }
-
-
-def _baseline_metrics(comparison: pd.DataFrame, name: str, purchase_error: pd.Series, revenue_error: pd.Series) -> dict[str, float]:
-    """`baseline_<name>_holdout_mae_*` and `lift_over_<name>_mae_*` (the baseline's error minus
-    the model's: positive when the model is better), as the classifiers report theirs."""
-    if f"{name}_purchases" not in comparison:
-        return {}
-    mae_purchases = float((comparison[f"{name}_purchases"] - comparison["actual_purchases"]).abs().mean())
-    mae_revenue = float((comparison[f"{name}_revenue"] - comparison["actual_revenue"]).abs().mean())
-    return {
-        f"baseline_{name}_holdout_mae_purchases": mae_purchases,
-        f"baseline_{name}_holdout_mae_revenue": mae_revenue,
-        f"lift_over_{name}_mae_purchases": mae_purchases - float(purchase_error.abs().mean()),
-        f"lift_over_{name}_mae_revenue": mae_revenue - float(revenue_error.abs().mean()),
-    }
+    if "run_rate_purchases" in comparison:  # a comparison from `holdout_comparison` has it
+        for what in ("purchases", "revenue"):
+            baseline = float((comparison[f"run_rate_{what}"] - comparison[f"actual_{what}"]).abs().mean())
+            metrics[f"baseline_run_rate_holdout_mae_{what}"] = baseline
+            metrics[f"lift_over_run_rate_mae_{what}"] = baseline - mae[what]
+    return metrics
 
 
 def decile_table(comparison: pd.DataFrame, n_bins: int = 10) -> pd.DataFrame:

@@ -1,12 +1,17 @@
-"""`build_engine` without a trained project: what it refuses before loading anything."""
+"""The engine without a trained project: what `build_engine` refuses before loading anything, and
+how request attributes are converted to the columns the models read."""
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
-from serving.engine import NoSnapshotError, build_engine
+from serving.engine import NoSnapshotError, _convert_attribute, build_engine
+from serving.online import AttributeColumn
 
 
 def test_an_engine_needs_a_batch_snapshot(tmp_path: Path) -> None:
@@ -18,3 +23,26 @@ def test_an_engine_needs_a_batch_snapshot(tmp_path: Path) -> None:
         build_engine(store, None)
 
     assert not store.exists()  # looking created nothing
+
+
+@pytest.mark.parametrize(
+    ("arrow_type", "value", "expected"),
+    [
+        (pa.float64(), 10**400, "expected a finite number"),
+        (pa.float32(), 1e300, "expected a finite number of at most 3.40282e+38"),
+        (pa.int64(), 2**70, "expected an integer from -9223372036854775808 to 9223372036854775807"),
+        (pa.int32(), 1e300, "expected an integer from -2147483648 to 2147483647"),
+        (pa.int64(), 2.5, "expected an integer"),
+        (pa.timestamp("us"), "9999-12-31T23:59:59-05:00", "outside the years 0001-9999"),
+    ],
+)
+def test_attribute_values_a_column_cannot_hold_are_input_errors(arrow_type: pa.DataType, value: object, expected: str) -> None:
+    """Each becomes a 422 naming the attribute (it used to overflow into a 500)."""
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        _convert_attribute(AttributeColumn("x", arrow_type), value)
+
+
+def test_attribute_values_that_fit_are_converted() -> None:
+    assert _convert_attribute(AttributeColumn("x", pa.int32()), 5.0) == 5
+    assert _convert_attribute(AttributeColumn("x", pa.float64()), 1e300) == 1e300
+    assert _convert_attribute(AttributeColumn("x", pa.timestamp("us")), "2025-01-01T01:00:00+01:00") == datetime(2025, 1, 1)
