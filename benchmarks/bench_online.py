@@ -434,7 +434,7 @@ def phase_breakdown(engine: Any, body: bytes, repeats: int) -> list[tuple[str, l
         return now
 
     for i in range(repeats + 10):
-        t = t0 = time.perf_counter()
+        t = time.perf_counter()
         request = ScoreRequest.model_validate(json.loads(body))
         t = tick("parse JSON + pydantic validation", t)
         as_of = request.as_of if request.as_of is not None else default_as_of()
