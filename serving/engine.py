@@ -86,7 +86,12 @@ class SnapshotView:
         return AlignedPreviousTags(values)
 
     def rows(self, customer_ids: list[str], columns: list[str] | None = None, path: Path | None = None) -> pd.DataFrame:
+        """These customers' rows of the snapshot (or of the run's `path`, its features).
+
+        Raises `SnapshotUnavailableError` when the file cannot be read any more.
+        """
         wanted = ", ".join(f'"{c}"' for c in columns) if columns else "*"
+        source = path or self.path
         con = duckdb.connect()
         try:
             con.execute("SET TimeZone = 'UTC'")
@@ -94,14 +99,55 @@ class SnapshotView:
             con.register("wanted_ids", ids)
             return con.execute(
                 f"SELECT {wanted} FROM read_parquet(?) WHERE customer_id IN (SELECT customer_id FROM wanted_ids)",
-                [str(path or self.path)],
+                [str(source)],
             ).fetch_arrow_table().to_pandas()
+        except (duckdb.IOException, duckdb.InvalidInputException, OSError) as exc:
+            raise SnapshotUnavailableError(
+                f"the batch run {self.run.run_id}'s file {source} cannot be read ({str(exc).splitlines()[0]}): "
+                "run `crm-scoring score`, then reload"
+            ) from exc
         finally:
             con.close()
 
 
 class NoSnapshotError(CrmScoringError):
     """The store holds no batch run yet, so there is no population to score against."""
+
+
+class SnapshotUnavailableError(CrmScoringError):
+    """The latest snapshot's files cannot be read any more (moved, deleted, truncated)."""
+
+
+class SnapshotMismatchError(CrmScoringError):
+    """The latest batch run was scored with other models or tag rules than the server loads."""
+
+
+def check_snapshot_matches(run: RunRecord, models: ModelSet, rules: TagRules) -> None:
+    """Raise `SnapshotMismatchError` unless `run` was scored with these model versions and rules.
+
+    Why: inline answers rank a score among the snapshot's (percentiles, so `value_tier`),
+    apply hysteresis against the snapshot's tags, and `/v1/score/by-id` answers from the
+    snapshot itself. With another model or other rules, the two endpoints would give one
+    customer different tags, and percentiles would compare one model's scores with
+    another's. So a promotion or a rules change reaches the API through `score`, then a
+    reload.
+    """
+    problems = []
+    for name in sorted({*run.models, *models.versions}):
+        scored, served = run.models.get(name), models.versions.get(name)
+        if scored != served:
+            problems.append(
+                f"{name} {'v' + scored if scored else 'absent'} in the run, {'v' + served + ' champion' if served else 'no champion'} now"
+            )
+    if run.rules_digest and run.rules_digest != rules.digest:
+        problems.append(f"tag rules {rules.source} (sha256 {rules.digest[:12]}) are not the run's (sha256 {run.rules_digest[:12]})")
+    if problems:
+        raise SnapshotMismatchError(
+            f"the latest batch run {run.run_id} (as_of {run.as_of:%Y-%m-%d %H:%M}) was scored with other models or rules: "
+            + "; ".join(problems)
+            + ". Run `crm-scoring score --profile DIR --as-of DATE` with the current champions and the server's tag rules "
+            "(CRMSCORE_TAGS_FILE), then reload"
+        )
 
 
 def load_snapshot_view(store: ScoreStore) -> SnapshotView | None:
@@ -441,8 +487,6 @@ class ScoringEngine:
         """Reasons for snapshot rows, from the run's stored features (same models as the run)."""
         if self.snapshot is None or rows.empty or self.snapshot.features_path is None:
             return rows
-        if self.snapshot.run.models != self.models.versions:
-            return rows  # the loaded models did not score this snapshot: their reasons would not match
         features = self.snapshot.rows(rows[KEY].astype(str).tolist(), path=self.snapshot.features_path)
         features = features.set_index(KEY).loc[rows[KEY].astype(str)].reset_index()
         return add_reasons(rows.reset_index(drop=True), features, self.models)
@@ -532,6 +576,7 @@ def build_engine(
     models = load_model_set(training_settings, threads=prediction_threads)
     check_attribute_inputs(models, feature_params.attributes)
     rules = load_tag_rules(tags_file)
+    check_snapshot_matches(snapshot.run, models, rules)
     attributes = attribute_columns_for(models.input_types())
     params = online_feature_params(snapshot.meta, feature_params)
     builder: OnlineFeatureBuilder | FeatureProcess

@@ -397,14 +397,16 @@ class CrmScoring:
         try:
             return await asyncio.wait_for(work(), self.settings.request_timeout_seconds)
         except TimeoutError:
-            return _problem(503, f"scoring took longer than {self.settings.request_timeout_seconds:g} s")
+            return _problem(503, f"scoring took longer than {self.settings.request_timeout_seconds:g} s", retry_after_seconds=1)
         finally:
             with self._lock:
                 self._in_flight -= 1
 
     def _not_ready(self) -> JSONResponse | None:
         if self.engine is None:
-            return _problem(503, "not ready" + (f": {self.load_error}" if self.load_error else ": loading the models"))
+            return _problem(
+                503, "not ready" + (f": {self.load_error}" if self.load_error else ": loading the models"), retry_after_seconds=5
+            )
         return None
 
     async def score(self, body: ScoreRequest) -> Any:
@@ -437,8 +439,14 @@ class CrmScoring:
     async def score_by_id(self, body: ScoreByIdRequest) -> Any:
         if (problem := self._not_ready()) is not None:
             return problem
+        from serving.engine import SnapshotUnavailableError
+
         engine = self.engine
-        outcome = await self._run(engine.score_by_ids, body.customer_ids)
+        try:
+            outcome = await self._run(engine.score_by_ids, body.customer_ids)
+        except SnapshotUnavailableError as exc:
+            logger.error("%s", exc)
+            return _problem(503, str(exc))
         if isinstance(outcome, JSONResponse):
             return outcome
         results, missing = outcome
@@ -482,7 +490,7 @@ class CrmScoring:
 async def _service() -> Any:
     service = getattr(app.state, "service", None)
     if service is None:
-        raise HTTPException(503, "the service is starting")
+        raise HTTPException(503, "the service is starting", headers={"Retry-After": "5"})
     return service
 
 

@@ -243,6 +243,55 @@ def test_failed_reload_keeps_the_old_models(client: TestClient, customer: dict[s
     assert service.engine.builder.pid is not None and service.engine.builder.pid != previous.builder.pid
 
 
+def test_a_reload_with_other_tag_rules_than_the_snapshot_is_refused(
+    client: TestClient, customer: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """by-id answers from the snapshot, inline with the server's rules: with other rules the
+    two would tag one customer differently, so the change goes through `score` first."""
+    from importlib import resources
+
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    before = client.post("/v1/score", json=body(customer), headers=AUTH).json()
+    edited = tmp_path / "my_tags.yaml"
+    edited.write_text(resources.files("serving").joinpath("default_tags.yaml").read_text().replace("min: 0.6", "min: 0.8"))
+    service = _service(client)
+    monkeypatch.setattr(service, "settings", service.settings.model_copy(update={"tags_file": edited}))
+
+    refused = client.post("/v1/admin/reload", headers=admin)
+
+    assert refused.status_code == 409
+    error = refused.json()["error"]
+    assert "still serving the previous models" in error and f"tag rules {edited} (sha256 " in error
+    assert "Run `crm-scoring score" in error
+    assert client.post("/v1/score", json=body(customer), headers=AUTH).json() == before
+
+
+def test_by_id_answers_503_when_the_snapshot_file_is_gone(
+    client: TestClient, customer: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    engine = _service(client).engine
+    monkeypatch.setattr(engine, "snapshot", dataclasses.replace(engine.snapshot, path=tmp_path / "moved.parquet"))
+
+    response = client.post("/v1/score/by-id", json={"customer_ids": [customer["customer_id"]]}, headers=AUTH)
+
+    assert response.status_code == 503  # was a plain-text 500
+    assert "moved.parquet cannot be read" in response.json()["error"] and "run `crm-scoring score`, then reload" in response.json()["error"]
+
+
+def test_not_ready_answers_say_why_and_when_to_retry(client: TestClient, customer: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    service = _service(client)
+    monkeypatch.setattr(service, "engine", None)
+    monkeypatch.setattr(service, "load_error", "SnapshotMismatchError: the latest batch run r1 was scored with other models")
+
+    for path, payload in (("/v1/score", body(customer)), ("/v1/score/by-id", {"customer_ids": ["c-1"]})):
+        response = client.post(path, json=payload, headers=AUTH)
+        assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+        assert response.json()["error"] == "not ready: SnapshotMismatchError: the latest batch run r1 was scored with other models"
+    assert client.get("/readyz").status_code == 503
+
+
 def _service(client: TestClient) -> Any:
     """The running CrmScoring instance behind the test client."""
     from serving.service import app
