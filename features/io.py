@@ -64,10 +64,14 @@ def _register_file(con: BaseBackend, path: Path, name: str) -> ibis.Table:
         spec = TABLES[name]
         header = _csv_header(path)
         forced = {c.name: "VARCHAR" for c in spec.columns if c.name in header}
-        types = "{" + ", ".join(f"{_sql_string(k)}: {_sql_string(v)}" for k, v in forced.items()) + "}"
+        options = "header = true, sample_size = -1"
+        # DuckDB cannot parse an empty struct (`types = {}`): a header with none of the
+        # contract's columns is read without the option, and validation names them all.
+        if forced:
+            types = ", ".join(f"{_sql_string(k)}: {_sql_string(v)}" for k, v in forced.items())
+            options += f", types = {{{types}}}"
         con.raw_sql(
-            f"CREATE OR REPLACE TEMP TABLE {view}_src AS SELECT * FROM read_csv({_sql_string(str(path))}, "
-            f"header = true, sample_size = -1, types = {types})"
+            f"CREATE OR REPLACE TEMP TABLE {view}_src AS SELECT * FROM read_csv({_sql_string(str(path))}, {options})"
         )
         con.raw_sql(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT *, rowid + 1 AS {ROW} FROM {view}_src")
     return con.table(view)

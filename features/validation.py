@@ -312,14 +312,50 @@ def _reject_duplicates(table: ibis.Table, key: str) -> ibis.Table:
     )
 
 
-def _reject_unknown_customers(table: ibis.Table, valid_ids: ibis.Column) -> ibis.Table:
-    return _reject_where(
-        table,
-        ~table.customer_id.isin(valid_ids),
-        "customer_id",
-        "unknown_customer",
-        "customer_id '" + table.customer_id + "' is not a valid customer",
+def _rejected_customer_reasons(customers: ibis.Table) -> ibis.Table:
+    """Why each rejected customer id was rejected: one row per id (`_rejected_id`, `_rejected_why`).
+
+    A duplicate id wins over any other problem of its copies: fixing that copy would not
+    make the id usable.
+    """
+    bad = customers.filter(customers[REJECT_CODE].notnull() & customers.customer_id.notnull())
+    per_id = bad.group_by("customer_id").aggregate(
+        _dup=(bad[REJECT_CODE] == "duplicate").any(),
+        _first=bad[REJECT_REASON].argmin(bad[ROW]),
     )
+    return per_id.select(
+        _rejected_id=per_id.customer_id,
+        _rejected_why=ibis.ifelse(per_id._dup, ibis.literal("duplicate customer_id"), per_id._first),
+    )
+
+
+def _reject_unknown_customers(
+    table: ibis.Table, valid_ids: ibis.Column, rejected_customers: ibis.Table | None = None
+) -> ibis.Table:
+    """Reject rows whose customer is not among the valid ones.
+
+    rejected_customers (`_rejected_customer_reasons`, None when no customer was rejected):
+    a row of a customer that exists but was rejected says why, instead of looking unknown.
+    The code stays `unknown_customer` either way.
+    """
+    if rejected_customers is None:
+        return _reject_where(
+            table,
+            ~table.customer_id.isin(valid_ids),
+            "customer_id",
+            "unknown_customer",
+            "customer_id '" + table.customer_id + "' is not a valid customer",
+        )
+    # At most one match per row (one reason per id): the join adds no rows.
+    joined = table.left_join(rejected_customers, table.customer_id == rejected_customers._rejected_id)
+    shown = "customer_id '" + joined.customer_id + "'"
+    reason = ibis.ifelse(
+        joined._rejected_id.isnull(),
+        shown + " is not a valid customer",
+        shown + " was rejected in customers (" + joined._rejected_why + ")",
+    )
+    checked = _reject_where(joined, ~joined.customer_id.isin(valid_ids), "customer_id", "unknown_customer", reason)
+    return checked.drop("_rejected_id", "_rejected_why")
 
 
 def _clean(table: ibis.Table, spec: TableSpec, attribute_columns: list[str]) -> ibis.Table:
@@ -474,6 +510,9 @@ def validate_profile(
 
     finish("customers", _reject_duplicates(_with_row_checks(tables["customers"], CUSTOMERS, attribute_columns), "customer_id"))
     valid_ids = clean["customers"].customer_id
+    customers_rejected = any(r[REJECT_CODE] is not None for r in counts["customers"])
+    # Only then can an order or event point at a customer that exists but was rejected.
+    rejected_customers = _rejected_customer_reasons(staged["customers"]) if customers_rejected else None
 
     orders = _with_row_checks(tables["orders"], ORDERS, [])
     orders = _reject_where(
@@ -489,8 +528,8 @@ def validate_profile(
     orders = _reject_duplicates(orders, "order_id")
     if "currency" in tables["orders"].columns:
         orders = _currency_check(orders, notes)
-    finish("orders", _reject_unknown_customers(orders, valid_ids))
-    finish("events", _reject_unknown_customers(_with_row_checks(tables["events"], EVENTS, []), valid_ids))
+    finish("orders", _reject_unknown_customers(orders, valid_ids, rejected_customers))
+    finish("events", _reject_unknown_customers(_with_row_checks(tables["events"], EVENTS, []), valid_ids, rejected_customers))
 
     dropped = 0
     if "event_id" in tables["events"].columns:

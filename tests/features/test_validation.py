@@ -94,6 +94,40 @@ def test_missing_required_columns_are_all_named(tmp_path: Path, fmt: str) -> Non
     assert "orders: required column 'amount' is missing" in message
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_table_with_none_of_its_required_columns_names_them_all(tmp_path: Path, fmt: str) -> None:
+    # A CSV header without any contract column once reached DuckDB as `types = {}`: a parser error.
+    customers = pd.DataFrame({"id": ["1"], "created": ["2024-01-01"]})
+    folder = write_profile(tmp_path, fmt, customers=customers)
+    with pytest.raises(ProfileError) as err:
+        load(folder)
+    message = str(err.value)
+    assert "customers: required column 'customer_id' is missing" in message
+    assert "customers: required column 'created_at' is missing" in message
+    assert "orders:" not in message and "events:" not in message
+
+
+def test_data_validate_names_the_missing_columns_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+
+    folder = tmp_path / "profile"
+    folder.mkdir()
+    (folder / "customers.csv").write_text("id,created\n1,2024-01-01\n")
+    (folder / "orders.csv").write_text("order_id,customer_id,ordered_at,amount\n")
+    result = CliRunner().invoke(app, ["data", "validate", "--profile", str(folder)])
+    assert result.exit_code == 1
+    # CliRunner turns an escaped exception into exit code 1 too: only typer's exit is a clean failure.
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: the profile does not match the contract: customers: required column 'customer_id' is missing; "
+        "customers: required column 'created_at' is missing"
+    ]
+
+
 def test_missing_table_is_named(tmp_path: Path) -> None:
     folder = write_profile(tmp_path, orders=False)
     with pytest.raises(ProfileError, match="no orders table"):
@@ -167,9 +201,31 @@ def test_duplicate_keys_reject_every_copy(tmp_path: Path) -> None:
     dup = [r for r in rows if r["table"] == "customers"]
     assert [(r["row"], r["code"]) for r in dup] == [("1", "duplicate"), ("5", "duplicate")]
     assert dup[0]["reason"] == "customer_id 'c-1' appears more than once"
-    # c-1's order now points at no valid customer: rejected too, not silently dropped.
-    assert [r["code"] for r in rows if r["table"] == "orders"] == ["unknown_customer", "unknown_customer"]
+    # c-1's order and event now point at no valid customer: rejected too, not silently
+    # dropped, and the reason names the duplicate; c-5 is gone, so its order is unknown.
+    assert [(r["table"], r["row"], r["code"], r["reason"]) for r in rows if r["table"] != "customers"] == [
+        ("orders", "1", "unknown_customer", "customer_id 'c-1' was rejected in customers (duplicate customer_id)"),
+        ("orders", "5", "unknown_customer", "customer_id 'c-5' is not a valid customer"),
+        ("events", "1", "unknown_customer", "customer_id 'c-1' was rejected in customers (duplicate customer_id)"),
+    ]
     assert loaded.profile.customers.count().execute() == 8
+
+
+def test_rows_of_a_rejected_customer_say_why_it_was_rejected(tmp_path: Path) -> None:
+    customers = GOOD_CUSTOMERS.astype(object)
+    customers.loc[1, "created_at"] = "yesterday"  # c-2: a bad value
+    customers.loc[4, "customer_id"] = "c-3"  # c-3 twice ...
+    customers.loc[4, "created_at"] = "soon"  # ... and this copy has a bad value too: the duplicate wins
+    folder = write_profile(tmp_path, customers=customers, events=False)
+    loaded = load(folder)
+    reasons = {r["row"]: r["reason"] for r in read_rejects(folder / "rejects.csv") if r["table"] == "orders"}
+    assert reasons == {
+        "2": "customer_id 'c-2' was rejected in customers (created_at 'yesterday' is not a timestamp)",
+        "3": "customer_id 'c-3' was rejected in customers (duplicate customer_id)",
+        "5": "customer_id 'c-5' is not a valid customer",
+    }
+    problem = next(p for p in loaded.report.problems if p.table == "orders")
+    assert (problem.code, problem.count) == ("unknown_customer", 3)
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
