@@ -6,6 +6,8 @@ UV_VERSION := 0.13.8
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
+# `make run PORT=3001` when 3000 is taken.
+PORT ?= 3000
 STAMP := $(VENV)/.synced-$(shell $(PYTHON) -c "import hashlib,sys;print(hashlib.sha256(open('uv.lock','rb').read()+open('pyproject.toml','rb').read()).hexdigest()[:12])")
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
@@ -13,7 +15,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 .PHONY: setup run test test-fast demo bench clean help
 
 help:
-	@echo "make run    - set up, train the demo models if no champion exists, score, serve on :3000"
+	@echo "make run    - set up, train the demo models if no champion exists, score, serve on :$(PORT) (PORT=N to change)"
 	@echo "make test   - set up the environment and run the whole test suite"
 	@echo "make bench  - run the benchmarks (slow; see BENCHMARKS.md)"
 
@@ -29,7 +31,7 @@ $(STAMP): uv.lock pyproject.toml | $(UV)
 setup: $(STAMP)
 
 run: setup
-	$(VENV)/bin/crm-scoring quickstart --port 3000
+	$(VENV)/bin/crm-scoring quickstart --port $(PORT)
 
 demo: setup
 	$(VENV)/bin/crm-scoring demo

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+
+#: Rich cuts output to 80 columns when it is not a terminal (a pipe, a log file, `make run`
+#: under a CI runner): tables lose their names and commands break across lines. Piped
+#: output is as wide as its content instead.
+_PIPED_WIDTH = 1000
 
 #: Progress and errors (stderr) apart from results (stdout), so output can be piped.
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, width=None if sys.stderr.isatty() else _PIPED_WIDTH)
+out = Console(width=None if sys.stdout.isatty() else _PIPED_WIDTH)
 
 
 def fail(message: str, code: int = 1) -> None:
-    """Exit non-zero with one line, no traceback: the reason is the message."""
-    console.print(f"[bold red]error:[/] {' '.join(str(message).split())}", highlight=False, soft_wrap=True)
+    """Exit non-zero with the reason, no traceback: one line, or one line per problem when the
+    error lists several (a rules file's `file:line:column: problem` lines)."""
+    lines = [" ".join(line.split()) for line in str(message).splitlines() if line.strip()] or [""]
+    console.print(f"[bold red]error:[/] {escape(lines[0])}", highlight=False, soft_wrap=True)
+    for line in lines[1:]:
+        console.print(f"  {line}", highlight=False, soft_wrap=True, markup=False)
     raise typer.Exit(code)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from features.errors import CrmScoringError
 from serving.cli_common import console, errors_as_exit, out
 
 
@@ -30,7 +32,7 @@ def _serving_settings(store: Path | None = None, tags: Path | None = None):  # t
 def score(
     profile: Annotated[Path, typer.Option("--profile", help="Profile store: folder of parquet/csv files or a DuckDB file.")],
     as_of: Annotated[str, typer.Option("--as-of", help="Cut-off instant (ISO date or timestamp, UTC).")],
-    store: Annotated[Path | None, typer.Option("--out", help="Score store folder (default: $CRMSCORE_STORE_DIR or <project dir>/scores); rejected rows go to its rejects.csv.")] = None,
+    store: Annotated[Path | None, typer.Option("--out", "--store", help="Score store folder (default: $CRMSCORE_STORE_DIR or <project dir>/scores); rejected rows go to its rejects.csv. `--store` as in the triggers commands.")] = None,
     tags: Annotated[Path | None, typer.Option("--tags", help="Tag rules YAML (default: $CRMSCORE_TAGS_FILE or the shipped rules).")] = None,
     emit_initial: Annotated[bool, typer.Option("--emit-initial", help="On the first run, emit 'entered' events for every tag (default: baseline only).")] = False,
 ) -> None:
@@ -100,13 +102,38 @@ def _ensure_local_keys(settings, project_dir: Path) -> dict[str, str]:  # type: 
     return env
 
 
+class ServeError(CrmScoringError):
+    """The API cannot start (its address is taken)."""
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise `ServeError` if `host:port` cannot be bound: BentoML would print the address,
+    then fail with a long traceback from its process manager."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ServeError(
+                f"cannot serve on {host}:{port}: {exc.strerror or exc} (another server running? stop it, or pick another "
+                "port: `crm-scoring serve --port N`, `make run PORT=N`)"
+            ) from exc
+
+
 def serve(
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 3000,
     host: Annotated[str, typer.Option("--host", help="Interface to bind (0.0.0.0 for all).")] = "127.0.0.1",
 ) -> None:
     """Serve the scoring API (BentoML) with the champion models and the latest batch snapshot."""
     with errors_as_exit():
+        from serving.tags import load_tag_rules
+
         settings = _serving_settings()
+        # A bad rules file stops the command here, with its file:line:column problems; the
+        # service itself would start and stay not ready.
+        load_tag_rules(settings.tags_file)
+        check_port_free(host, port)
         env = {**os.environ, **_ensure_local_keys(settings, Path(settings.project_dir).resolve())}
         bentoml = Path(sys.executable).with_name("bentoml")
         command = [str(bentoml), "serve", "serving.service:CrmScoring", "--host", host, "--port", str(port)]
@@ -114,11 +141,27 @@ def serve(
         raise typer.Exit(subprocess.call(command, env=env))
 
 
+def _stale_reason(latest, settings) -> str | None:  # type: ignore[no-untyped-def]
+    """Why the latest batch run cannot be served (scored with other champions or tag rules
+    than the API would load: `serving.engine.check_snapshot_matches`), or None."""
+    from serving.cli import _training_settings
+    from serving.tags import load_tag_rules
+    from training.registry import champions
+
+    versions = {info.name: str(info.version) for info in champions(_training_settings())}
+    if latest.models != versions:
+        return "the latest batch run was scored with other models than the champions"
+    if latest.rules_digest != load_tag_rules(settings.tags_file).digest:
+        return "the latest batch run was scored with other tag rules"
+    return None
+
+
 def quickstart(
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 3000,
     data_dir: Annotated[Path, typer.Option("--data", help="Working folder of the demo data.")] = Path("data/demo"),
 ) -> None:
-    """`make run`: train the demo models if no champion exists, batch-score if no snapshot exists, then serve."""
+    """`make run`: train the demo models if no champion exists, batch-score if no snapshot exists (or the
+    latest was scored with other champions or tag rules), then serve."""
     from serving.cli import _quiet_mlflow, _training_settings, demo
 
     with errors_as_exit():
@@ -138,12 +181,13 @@ def quickstart(
         else:
             out.print(f"champions found ({', '.join(sorted(deployed))}): not retraining")
         settings = _serving_settings()
-        if ScoreStore(settings.resolved_store_dir).latest_run() is None:
+        check_port_free("127.0.0.1", port)  # before minutes of training and scoring
+        latest = ScoreStore(settings.resolved_store_dir).latest_run()
+        why = "no batch snapshot yet" if latest is None else _stale_reason(latest, settings)
+        if why:
             profile_dir = data_dir / "profile"
             if not profile_dir.exists():
-                raise ProfileError(
-                    f"no batch snapshot and no demo profile at {profile_dir}: run `crm-scoring score --profile DIR --as-of DATE` first"
-                )
-            out.print(f"no batch snapshot yet: scoring {profile_dir} as of {DATA_END:%Y-%m-%d}")
+                raise ProfileError(f"{why} and no demo profile at {profile_dir}: run `crm-scoring score --profile DIR --as-of DATE` first")
+            out.print(f"{why}: scoring {profile_dir} as of {DATA_END:%Y-%m-%d}")
             score(profile=profile_dir, as_of=DATA_END.date().isoformat())
         serve(port=port, host="127.0.0.1")

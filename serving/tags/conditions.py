@@ -354,6 +354,10 @@ Condition = Const | AllOf | AnyOf | Invert | TagIn | TagPresent | ScorePresent |
 _FLIPPED = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
 
 
+#: `TagHeader.kind` of a tag declared in the file that could not be read.
+UNREADABLE_TAG = "unreadable"
+
+
 @dataclass(frozen=True)
 class TagHeader:
     """What a condition needs to know about a tag before all conditions are checked."""
@@ -425,6 +429,8 @@ class _Checker:
 
     def _resolve(self, name: _Name) -> _Operand | None:
         text = name.text
+        if text in self.tags and self.tags[text].kind == UNREADABLE_TAG:
+            return None  # its own problem is reported; "unknown name" here would only repeat it
         if text in self.tags:
             self.tags_used.add(text)
             return _Operand("tag", name.offset, name=text)

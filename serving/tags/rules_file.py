@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from serving.tags.conditions import RESERVED_NAMES, Expression, TagHeader, compile_condition
+from serving.tags.conditions import RESERVED_NAMES, UNREADABLE_TAG, Expression, TagHeader, compile_condition
 from serving.tags.rules import (
     CONDITION_TRUE,
     DEFAULT_RULES_SOURCE,
@@ -358,6 +358,8 @@ def _read_tags(
             continue
         what = f"tag '{name}'"
         line = key_node.start_mark.line + 1
+        # Known from here on even if unreadable: conditions that name it report nothing more.
+        headers[name] = TagHeader(name, UNREADABLE_TAG, None, None)
         body = _mapping(value_node, what, problems)
         if body is None:
             continue

@@ -65,3 +65,63 @@ def test_missing_profile_and_bad_date_are_one_line_errors(tmp_path: Path) -> Non
     result = invoke("data", "import-cdnow", "--sample", "--out", tmp_path / "p")
     result = invoke("features", "build", "--profile", tmp_path / "p", "--as-of", "soon", "--out", tmp_path / "f.parquet")
     assert result.exit_code == 1 and "'soon' is not an ISO date" in result.output
+
+
+def test_serve_stops_at_a_bad_rules_file_or_a_taken_port_with_the_reason(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Both used to start BentoML: a bad rules file left the API up but never ready, a taken
+    port printed "serving on ..." and then a long traceback from BentoML's process manager."""
+    import socket
+
+    import serving.cli_serving
+
+    started: list[object] = []
+    monkeypatch.setattr(serving.cli_serving.subprocess, "call", lambda *a, **k: started.append(a) or 0)
+    monkeypatch.setenv("CRMSCORE_PROJECT_DIR", str(tmp_path))
+    bad = tmp_path / "my_tags.yaml"
+    bad.write_text("version: 1\ntags:\n  churn_risk:\n    score: churn.probabilty\n    tiers: [{name: high, min: 0.5}]\n  lost:\n    when: churn_risks == 'high'\n")
+    monkeypatch.setenv("CRMSCORE_TAGS_FILE", str(bad))
+
+    result = invoke("serve", "--port", "3999")
+
+    assert result.exit_code == 1 and not started
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith(f"error: {bad}:4:12: tag 'churn_risk': unknown score 'churn.probabilty' (scores: ")
+    assert lines[0].endswith("did you mean 'churn.probability'?")
+    assert lines[1].startswith(f"  {bad}:7:") and len(lines) == 2  # one line per problem
+    assert "Traceback" not in result.output
+
+    monkeypatch.delenv("CRMSCORE_TAGS_FILE")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = invoke("serve", "--port", port)
+    assert result.exit_code == 1 and not started
+    assert result.output.strip() == (
+        f"error: cannot serve on 127.0.0.1:{port}: Address already in use (another server running? stop it, or pick another "
+        "port: `crm-scoring serve --port N`, `make run PORT=N`)"
+    )
+
+
+def test_make_run_rescores_a_snapshot_of_other_champions_or_rules(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The API serves only what scored the latest run (`check_snapshot_matches`): `make run`
+    after a promotion scores again instead of starting a server that is never ready."""
+    from datetime import datetime
+    from types import SimpleNamespace
+
+    import training.registry
+    from serving.cli_serving import _serving_settings, _stale_reason
+    from serving.store import RunRecord
+    from serving.tags import load_tag_rules
+
+    monkeypatch.setenv("CRMSCORE_PROJECT_DIR", str(tmp_path))
+    monkeypatch.setattr(training.registry, "champions", lambda settings=None: [SimpleNamespace(name="churn_propensity", version=2)])
+    digest = load_tag_rules().digest
+    settings = _serving_settings()
+
+    def run(models: dict[str, str], rules: str) -> RunRecord:
+        return RunRecord("r", datetime(2025, 6, 15), datetime(2025, 6, 15), None, 1, models, rules)
+
+    assert _stale_reason(run({"churn_propensity": "2"}, digest), settings) is None
+    assert _stale_reason(run({"churn_propensity": "1"}, digest), settings) == "the latest batch run was scored with other models than the champions"
+    assert _stale_reason(run({"churn_propensity": "2"}, "0" * 64), settings) == "the latest batch run was scored with other tag rules"
