@@ -27,8 +27,10 @@ def json_value(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def inline_customers(profile: Path, customer_ids: list[str]) -> list[dict[str, Any]]:
-    """The request's `customers` list for these ids, with every order and event of each."""
+def inline_customers(profile: Path | str, customer_ids: list[str]) -> list[dict[str, Any]]:
+    """The request's `customers` list for these ids, with every order and event of each
+    (a Parquet profile folder: `customers.parquet`, `orders.parquet`, `events.parquet`)."""
+    profile = Path(profile)
     customers = pd.read_parquet(profile / "customers.parquet")
     orders = pd.read_parquet(profile / "orders.parquet")
     events = pd.read_parquet(profile / "events.parquet")

@@ -67,8 +67,12 @@ class ServedModel:
         return PREFIX_OF_MODEL[self.name]
 
     def describe(self) -> dict[str, Any]:
-        """The /v1/models entry: name, version, as_of, horizon and key metrics."""
-        return {
+        """The /v1/models entry: name, version, as_of, horizon and key metrics.
+
+        customer_ltv has two horizons: `horizon_days`, the training run's (its holdout
+        period), and `clv_horizon_days`, the one its answers forecast over.
+        """
+        entry = {
             "name": self.name,
             "version": self.version,
             "as_of": json_timestamp(self.as_of) if self.as_of else None,
@@ -76,6 +80,9 @@ class ServedModel:
             "run_id": self.run_id,
             "metrics": {k: v for k, v in sorted(self.metrics.items()) if not k.startswith("baseline_")},
         }
+        if self.clv_horizon_days is not None:
+            entry["clv_horizon_days"] = self.clv_horizon_days
+        return entry
 
 
 @dataclass(frozen=True)

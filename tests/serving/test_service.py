@@ -103,6 +103,9 @@ def test_models_endpoint(client: TestClient) -> None:
     # Every as_of of the API is ISO UTC with a "Z", the models' (from MLflow tags) too.
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", churn["as_of"]), churn["as_of"]
     assert response.json()["snapshot"]["as_of"] == f"{AS_OF}T00:00:00Z"
+    # customer_ltv's answers forecast over its CLV horizon, not its training run's holdout.
+    ltv = next(m for m in response.json()["models"] if m["name"] == "customer_ltv")
+    assert "clv_horizon_days" in ltv and "clv_horizon_days" not in churn
 
 
 def _loc(response: httpx.Response) -> list[list[Any]]:
