@@ -6,13 +6,15 @@ exception handlers that keep every input problem a 4xx). BentoML supplies the pr
 model and `/healthz`, `/livez`, `/readyz` (ready = a batch snapshot found, models loaded
 and the probe prediction passed, see `__is_ready__`) and `/metrics`, which stay open
 without a key. Before the first batch run the service is up but not ready: inline scores
-are relative to the batch-scored population (RFM score edges, percentiles).
+are relative to the batch-scored population (RFM score edges, percentiles). It serves only
+the models and tag rules that scored the latest batch run (`engine.check_snapshot_matches`):
+after a promotion or a rules change, `crm-scoring score`, then a reload.
 
 Endpoints (bearer API key required):
   POST /v1/score          inline profiles -> output contract per customer
   POST /v1/score/by-id    customer ids -> rows of the latest batch snapshot
   GET  /v1/models         served models (name, version, as_of, metrics) and snapshot
-  POST /v1/admin/reload   (admin key) load the current champions; a failure keeps the old ones
+  POST /v1/admin/reload   (admin key) load the current champions and the latest snapshot; a failure keeps the old ones
 
 Concurrent `/v1/score` requests are micro-batched (`MicroBatcher`): those that arrive
 while a batch is being computed go together into the next feature query, since a query's
@@ -23,8 +25,8 @@ for this process's GIL behind request handling.
 Status codes: 401 missing/invalid key, 403 admin endpoint without an admin key, 411 a
 chunked POST body (no Content-Length), 413 body or batch too large, 422 invalid fields
 (with `loc`; at most `MAX_REPORTED_PROBLEMS` listed), 429 too many requests in flight,
-503 not ready / scoring timeout / feature process restarting (429 and 503 with
-Retry-After). Logs carry method, path, status, counts and durations, never bodies,
+503 not ready / scoring timeout / feature process restarting / snapshot file unreadable
+(429 and 503 with Retry-After, but for the unreadable snapshot, which needs an operator). Logs carry method, path, status, counts and durations, never bodies,
 attribute values or emails.
 """
 
