@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from serving.cli_common import console, out
@@ -308,8 +309,12 @@ def _train_one(outcome: _TrainOutcome, task: str, cache: Any, as_of: Any, horizo
             f"promotion gate for {name} v{outcome.version}",
             lambda: registry.promote(name, outcome.version, settings=settings, validation=outcome.result.validation),
         )
-        mark = "[green]promoted[/]" if outcome.decision.promoted else "[yellow]kept the champion[/]"
-        console.print(f"  {mark}: {outcome.decision.reason}", highlight=False)
+        decision = outcome.decision
+        if decision.promoted:
+            mark = "[green]promoted[/]"
+        else:
+            mark = "[yellow]kept the champion[/]" if decision.champion_version else "[yellow]not promoted[/]"
+        console.print(f"  {mark}: {escape(decision.reason)}", highlight=False)
 
 
 def _train_and_report(

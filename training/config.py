@@ -12,6 +12,9 @@ trained on neighbouring windows differ by noise:
 * metrics where lower is better (the LTV holdout purchase MAE): the candidate passes when
   `candidate <= champion * (1 + promotion_tolerance_mae_relative)` (relative, default 2 %:
   an MAE has the units of the data, so an absolute tolerance would not carry across data sets).
+
+The same tolerances apply to the gate's baseline floor (every candidate, the first champion
+included): the run's primary metric against the best baseline the run logged on it.
 """
 
 from __future__ import annotations

@@ -16,6 +16,13 @@ with the candidate's primary metric and moves the alias only when the candidate 
 beyond the configured tolerance (see `training.config`), or with `force`. When the gate
 fails, no alias or tag changes, and the decision says why, with the numbers.
 
+The gate also has a floor that applies to every candidate, the first champion included: the
+run's primary metric must not be worse than the best baseline the same run logged on that
+metric (`baseline_<name>_<primary>`: the points rule for leads; recency, the no-purchase rule
+and BG/NBD for churn; the run-rate forecast for LTV) beyond the same tolerance. A model that
+does not beat a rule of thumb is not worth serving, whether or not a champion exists. Runs
+without a finite primary metric or baseline (older runs) have no floor. `force` skips it too.
+
 Metrics the gate can compute (chosen by the primary metric's name): `roc_auc`, `pr_auc` /
 `average_precision`, `brier`, `log_loss` on the positive-class probability against the
 `label` column (classifiers); `mae`, `rmse` on `expected_purchases` against
@@ -80,6 +87,8 @@ class PromotionDecision:
     champion_value: float | None = None
     tolerance: float | None = None
     rows_scored: int = 0
+    baseline_name: str | None = None
+    baseline_value: float | None = None
 
     def summary(self) -> str:
         verdict = "promoted" if self.promoted else "not promoted"
@@ -120,12 +129,10 @@ class ModelVersionInfo:
         return baseline_metrics(self.metrics, self.primary_metric) if self.primary_metric else {}
 
     def best_baseline(self) -> tuple[str, float] | None:
-        """The strongest baseline on the primary metric (the one the model must beat)."""
-        baselines = self.baselines()
-        if not baselines:
+        """The strongest baseline on the primary metric (the one the model must beat: the gate's floor)."""
+        if not self.primary_metric:
             return None
-        pick = max if self.greater_is_better else min
-        return pick(baselines.items(), key=lambda item: item[1])
+        return best_baseline(self.metrics, self.primary_metric, self.greater_is_better)
 
 
 @dataclass
@@ -299,6 +306,96 @@ def _gate_facts(client: MlflowClient, mv: ModelVersion) -> tuple[str, bool, str]
     return metric, greater, label
 
 
+@dataclass(frozen=True)
+class BaselineFloor:
+    """The candidate's run against its best baseline on the primary metric (run metrics, same rows)."""
+
+    metric: str
+    greater_is_better: bool
+    candidate_value: float
+    baseline_name: str
+    baseline_value: float
+    tolerance: float
+    rule: str  # how the tolerance reads, e.g. "may be at most 0.005 below"
+    passed: bool
+
+    def numbers(self) -> str:
+        return (
+            f"{self.metric} {self.candidate_value:.4f} vs best baseline {self.baseline_name} {self.baseline_value:.4f} "
+            f"(the candidate {self.rule} its best baseline)"
+        )
+
+
+def best_baseline(metrics: dict[str, float], metric: str, greater_is_better: bool) -> tuple[str, float] | None:
+    """The strongest finite baseline on `metric` among a run's `baseline_<name>_<metric>` metrics."""
+    from training.model_card import baseline_metrics
+
+    finite = {k: v for k, v in baseline_metrics(metrics, metric).items() if math.isfinite(v)}
+    if not finite:
+        return None
+    pick = max if greater_is_better else min
+    return pick(sorted(finite.items()), key=lambda item: item[1])
+
+
+def baseline_floor(
+    metrics: dict[str, float], metric: str, greater_is_better: bool, settings: TrainingSettings
+) -> BaselineFloor | None:
+    """The floor check on a run's metrics; None when the run has no finite primary metric or baseline."""
+    value = metrics.get(metric)
+    best = best_baseline(metrics, metric, greater_is_better)
+    if value is None or not math.isfinite(value) or best is None:
+        return None
+    passed, tol, rule = _passes(float(value), best[1], greater_is_better, settings)
+    return BaselineFloor(metric, greater_is_better, float(value), best[0], best[1], tol, rule, passed)
+
+
+def _floor_of(client: MlflowClient, mv: ModelVersion, metric: str, greater: bool, settings: TrainingSettings) -> BaselineFloor | None:
+    if not mv.run_id:
+        return None
+    return baseline_floor(dict(client.get_run(mv.run_id).data.metrics), metric, greater, settings)
+
+
+def _floor_refusal(
+    name: str,
+    version: str,
+    floor: BaselineFloor,
+    champion: str | None = None,
+    gate_values: tuple[float, float, int] | None = None,
+) -> PromotionDecision:
+    """The decision when the candidate is below its best baseline: nothing changes; the reason says how to override.
+
+    gate_values: (candidate, champion, rows) from the comparison with the champion, when one ran.
+    """
+    candidate_value, champion_value, rows_scored = floor.candidate_value, None, 0
+    if gate_values is not None:
+        candidate_value, champion_value, rows_scored = gate_values
+    if champion is None:
+        kept = "no champion yet, none is set"
+    else:
+        kept = f"champion v{champion} is kept"
+        if champion_value is not None:
+            kept += f" (itself at {champion_value:.4f} on the candidate's validation rows)"
+    reason = (
+        f"below the baseline floor: {name} v{version} {floor.numbers()}; {kept}. "
+        f"To promote it anyway: crm-scoring models promote {name} {version} --force"
+    )
+    return PromotionDecision(
+        name,
+        version,
+        False,
+        reason,
+        metric=floor.metric,
+        greater_is_better=floor.greater_is_better,
+        candidate_value=candidate_value,
+        champion_version=champion,
+        champion_value=champion_value,
+        tolerance=floor.tolerance,
+        rows_scored=rows_scored,
+        baseline_name=floor.baseline_name,
+        baseline_value=floor.baseline_value,
+    )
+
+
 def promote(
     name: str,
     version: str | int,
@@ -306,7 +403,8 @@ def promote(
     settings: TrainingSettings | None = None,
     validation: pd.DataFrame | None = None,
 ) -> PromotionDecision:
-    """Make `version` the champion if it is not worse than the current one (or with `force`).
+    """Make `version` the champion if it is not worse than the current one nor than its best
+    baseline (or with `force`).
 
     validation: the candidate's validation rows when already in memory (right after training);
     otherwise they are read from the candidate's run.
@@ -320,18 +418,41 @@ def promote(
 
     if champion == version:
         return PromotionDecision(name, version, True, f"v{version} is already the champion", champion_version=champion)
-    if champion is None:
-        decision = PromotionDecision(name, version, True, "no champion yet: the first candidate becomes champion")
-        _set_champion(client, name, version, None, decision.reason)
-        return decision
     if force:
-        decision = PromotionDecision(
-            name, version, True, f"forced over champion v{champion} (gate skipped)", forced=True, champion_version=champion
-        )
+        reason = f"forced over champion v{champion} (gate skipped)" if champion else "forced as the first champion (gate skipped)"
+        decision = PromotionDecision(name, version, True, reason, forced=True, champion_version=champion)
         _set_champion(client, name, version, champion, decision.reason)
         return decision
 
+    if champion is None:
+        try:
+            metric, greater, _ = _gate_facts(client, mv)
+        except RegistryError:  # no primary metric recorded: nothing to hold against a floor
+            floor = None
+        else:
+            floor = _floor_of(client, mv, metric, greater, settings)
+        if floor is not None and not floor.passed:
+            return _floor_refusal(name, version, floor)
+        reason = "no champion yet: the first candidate becomes champion"
+        if floor is not None:
+            reason += f"; {floor.numbers()}"
+        decision = PromotionDecision(
+            name,
+            version,
+            True,
+            reason,
+            metric=None if floor is None else floor.metric,
+            greater_is_better=None if floor is None else floor.greater_is_better,
+            candidate_value=None if floor is None else floor.candidate_value,
+            tolerance=None if floor is None else floor.tolerance,
+            baseline_name=None if floor is None else floor.baseline_name,
+            baseline_value=None if floor is None else floor.baseline_value,
+        )
+        _set_champion(client, name, version, None, decision.reason)
+        return decision
+
     metric, greater, label = _gate_facts(client, mv)
+    floor = _floor_of(client, mv, metric, greater, settings)
     frame = _validation_frame(mv, validation, settings)
     if label not in frame.columns:
         raise RegistryError(f"{name} v{version}: the validation rows have no {label!r} column")
@@ -376,6 +497,11 @@ def promote(
         f"{metric} {candidate_value:.4f} vs champion v{champion} {champion_value:.4f} on {rows:,} validation rows "
         f"(the candidate {rule} the champion)"
     )
+    if ok and floor is not None and not floor.passed:
+        # Not worse than the champion, but the champion itself is below the floor (forced, or older).
+        return _floor_refusal(name, version, floor, champion, (candidate_value, champion_value, rows))
+    if ok and floor is not None:
+        numbers += f"; {floor.numbers()}"
     decision = PromotionDecision(
         name,
         version,
@@ -388,6 +514,8 @@ def promote(
         champion_value=champion_value,
         tolerance=tol,
         rows_scored=rows,
+        baseline_name=None if floor is None else floor.baseline_name,
+        baseline_value=None if floor is None else floor.baseline_value,
     )
     if ok:
         _set_champion(client, name, version, champion, decision.reason)

@@ -1,13 +1,14 @@
 """The registry: the promotion gate, force, rollback, listing and loading the champion.
 
 Three churn_propensity candidates are logged once per module: `mid` (a LightGBM on x1),
-`worse` (on pure noise) and `better` (on x1 and x2). Each test starts from "no champion"
-(`reset`) so the tests do not depend on their order.
+`worse` (on pure noise) and `better` (on x1 and x2), all above their logged baselines (0.65);
+for the baseline floor, `better` is logged again with stronger baselines (`floor_cases`).
+Each test starts from "no champion" (`reset`) so the tests do not depend on their order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -314,3 +315,159 @@ def test_gate_scores_the_candidate_on_its_out_of_time_predictions(
     assert decision.candidate_value == pytest.approx(0.5, abs=0.1)
     rows[OOT_PREDICTION] = rows["label"].astype(float)  # a perfect out-of-time ranking
     assert promote(NAME, better.version, settings=settings, validation=rows).promoted
+
+
+# ---- the baseline floor ----------------------------------------------------------------
+
+
+def with_baselines(result: TrainingResult, metric: str = "val_roc_auc", **baselines: float) -> TrainingResult:
+    """The same result with other logged baselines (`baseline_<name>_<metric>`) on its primary metric."""
+    metrics = {k: v for k, v in result.metrics.items() if not k.startswith("baseline_")}
+    metrics.update({f"baseline_{name}_{metric}": value for name, value in baselines.items()})
+    return replace(result, metrics=metrics)
+
+
+@pytest.fixture(scope="module")
+def floor_cases(settings: TrainingSettings, churn: dict[str, Logged]) -> dict[str, Logged]:
+    """The strong `better` model logged again with stronger baselines: `below` its best baseline
+    beyond the tolerance (0.05 AUC), `within` it (half the tolerance)."""
+    from training.tracking import log_training_result
+
+    strong = churn["better"].result
+    auc = strong.metrics["val_roc_auc"]
+    half = settings.promotion_tolerance_auc / 2
+    logged = {}
+    for key, best in (("below", auc + 0.05), ("within", auc + half)):
+        result = with_baselines(strong, recency=auc - 0.1, bgnbd=best)
+        logged[key] = Logged(result, log_training_result(result, settings)[1])
+    return logged
+
+
+def test_first_candidate_below_its_best_baseline_is_refused(
+    settings: TrainingSettings, floor_cases: dict[str, Logged]
+) -> None:
+    from training.registry import promote
+
+    reset(settings)
+    before = state(settings)
+    below = floor_cases["below"]
+    auc, best = below.result.metrics["val_roc_auc"], below.result.metrics["baseline_bgnbd_val_roc_auc"]
+    decision = promote(NAME, below.version, settings=settings, validation=below.result.validation)
+    assert not decision.promoted and not decision.forced
+    assert champion(settings) is None and state(settings) == before  # no alias, history or tag written
+    assert (decision.metric, decision.baseline_name) == ("val_roc_auc", "bgnbd")
+    assert decision.candidate_value == pytest.approx(auc) and decision.baseline_value == pytest.approx(best)
+    assert decision.champion_version is None and decision.tolerance == settings.promotion_tolerance_auc
+    # The message names the model, the metric, both numbers, the baseline, and the override.
+    reason = decision.reason
+    assert reason.startswith(f"below the baseline floor: {NAME} v{below.version} val_roc_auc {auc:.4f} ")
+    assert f"best baseline bgnbd {best:.4f}" in reason and "may be at most 0.005 below" in reason
+    assert "no champion yet" in reason and f"crm-scoring models promote {NAME} {below.version} --force" in reason
+    assert "\n" not in reason
+    assert decision.summary().startswith(f"{NAME} v{below.version} not promoted: below the baseline floor")
+
+
+def test_challenger_below_its_best_baseline_is_refused_even_when_it_beats_the_champion(
+    settings: TrainingSettings, churn: dict[str, Logged], floor_cases: dict[str, Logged]
+) -> None:
+    from training.registry import promote
+
+    reset(settings)
+    mid = churn["mid"].version
+    assert promote(NAME, mid, settings=settings).promoted  # above its own baselines (0.65)
+    before = state(settings)
+    below = floor_cases["below"]
+    # No in-memory frame: the stored validation rows and the run's logged metrics, as `models promote` does.
+    decision = promote(NAME, below.version, settings=settings)
+    assert not decision.promoted and state(settings) == before
+    assert decision.champion_version == mid and decision.candidate_value > decision.champion_value  # beats the champion
+    assert decision.rows_scored == len(below.result.validation)
+    assert decision.reason.startswith("below the baseline floor:")
+    assert f"champion v{mid} is kept" in decision.reason and "--force" in decision.reason
+    assert f"{below.result.metrics['baseline_bgnbd_val_roc_auc']:.4f}" in decision.reason
+
+
+def test_candidate_within_tolerance_of_its_best_baseline_is_promoted(
+    settings: TrainingSettings, churn: dict[str, Logged], floor_cases: dict[str, Logged]
+) -> None:
+    from training.registry import promote
+
+    within = floor_cases["within"]
+    auc, best = within.result.metrics["val_roc_auc"], within.result.metrics["baseline_bgnbd_val_roc_auc"]
+    assert auc < best < auc + settings.promotion_tolerance_auc
+    reset(settings)
+    first = promote(NAME, within.version, settings=settings, validation=within.result.validation)
+    assert first.promoted and first.reason.startswith("no champion yet: the first candidate becomes champion; val_roc_auc")
+    assert f"val_roc_auc {auc:.4f} vs best baseline bgnbd {best:.4f}" in first.reason
+    assert (first.baseline_name, first.baseline_value) == ("bgnbd", pytest.approx(best))
+    assert champion(settings) == within.version
+    # As a challenger too: not worse than the champion, within tolerance of its baseline.
+    reset(settings)
+    promote(NAME, churn["mid"].version, settings=settings)
+    challenger = promote(NAME, within.version, settings=settings)
+    assert challenger.promoted and challenger.reason.startswith("gate passed")
+    assert f"best baseline bgnbd {best:.4f}" in challenger.reason
+    assert champion(settings) == within.version
+
+
+def test_force_promotes_a_candidate_below_its_best_baseline(
+    settings: TrainingSettings, churn: dict[str, Logged], floor_cases: dict[str, Logged]
+) -> None:
+    from training.registry import HISTORY_TAG, promote
+
+    below = floor_cases["below"].version
+    reset(settings)
+    first = promote(NAME, below, force=True, settings=settings)
+    assert first.promoted and first.forced and first.reason == "forced as the first champion (gate skipped)"
+    assert champion(settings) == below
+    reset(settings)
+    promote(NAME, churn["mid"].version, settings=settings)
+    over = promote(NAME, below, force=True, settings=settings)
+    assert over.promoted and over.forced and over.reason.startswith(f"forced over champion v{churn['mid'].version}")
+    aliases, tags, _ = state(settings)
+    assert aliases == {"champion": below, "previous_champion": churn["mid"].version}
+    assert tags[HISTORY_TAG] == f"{churn['mid'].version},{below}"
+
+
+def test_ltv_floor_uses_the_run_rate_baseline_and_the_relative_tolerance(settings: TrainingSettings) -> None:
+    from training.registry import promote
+    from training.tracking import log_training_result
+
+    result = ltv_result(1.0, seed=2)
+    mae = result.metrics["holdout_mae_purchases"]
+    # The model's MAE is 5 % above the run-rate forecast's: beyond the default 2 %.
+    worse = with_baselines(result, "holdout_mae_purchases", run_rate=mae / 1.05)
+    version = log_training_result(worse, settings)[1]
+    reset(settings, "customer_ltv")
+    refused = promote("customer_ltv", version, settings=settings, validation=worse.validation)
+    assert not refused.promoted and champion(settings, "customer_ltv") is None
+    assert (refused.metric, refused.greater_is_better, refused.baseline_name) == ("holdout_mae_purchases", False, "run_rate")
+    assert f"holdout_mae_purchases {mae:.4f} vs best baseline run_rate {mae / 1.05:.4f}" in refused.reason
+    assert "may be at most 2.0% above" in refused.reason and "--force" in refused.reason
+    lenient = settings.model_copy(update={"promotion_tolerance_mae_relative": 0.1})
+    assert promote("customer_ltv", version, settings=lenient).promoted
+
+
+def test_baseline_floor_picks_the_best_finite_baseline() -> None:
+    from training.registry import baseline_floor
+
+    settings = TrainingSettings(promotion_tolerance_auc=0.005, promotion_tolerance_mae_relative=0.02)
+    metrics = {
+        "val_roc_auc": 0.70,
+        "baseline_recency_val_roc_auc": 0.72,
+        "baseline_bgnbd_val_roc_auc": 0.74,
+        "baseline_broken_val_roc_auc": float("nan"),  # e.g. a baseline that could not be computed
+        "baseline_bgnbd_val_pr_auc": 0.99,  # another metric: not compared
+    }
+    floor = baseline_floor(metrics, "val_roc_auc", True, settings)
+    assert floor is not None and not floor.passed
+    assert (floor.baseline_name, floor.baseline_value, floor.candidate_value) == ("bgnbd", 0.74, 0.70)
+    assert baseline_floor({**metrics, "val_roc_auc": 0.7351}, "val_roc_auc", True, settings).passed
+    # Lower is better: the smallest error is the best baseline; the tolerance is relative.
+    ltv = {"holdout_mae_purchases": 1.01, "baseline_run_rate_holdout_mae_purchases": 1.0, "baseline_zero_holdout_mae_purchases": 2.0}
+    ltv_floor = baseline_floor(ltv, "holdout_mae_purchases", False, settings)
+    assert ltv_floor is not None and ltv_floor.passed and ltv_floor.baseline_name == "run_rate"
+    assert not baseline_floor({**ltv, "holdout_mae_purchases": 1.03}, "holdout_mae_purchases", False, settings).passed
+    # No floor without a finite primary metric or baseline (runs logged before baselines existed).
+    assert baseline_floor({"val_roc_auc": 0.5}, "val_roc_auc", True, settings) is None
+    assert baseline_floor({"baseline_bgnbd_val_roc_auc": 0.7, "val_roc_auc": float("nan")}, "val_roc_auc", True, settings) is None
