@@ -375,5 +375,5 @@ def test_quickstart_without_a_snapshot_or_demo_data_says_what_to_run(trained_pro
     assert result.returncode == 1, result.stdout + result.stderr
     said = " ".join(result.stderr.split())
     assert "champions found" in result.stdout
-    assert f"error: no batch snapshot and no demo profile at {tmp_path / 'no-demo' / 'profile'}" in said
+    assert f"error: no batch snapshot yet and no demo profile at {tmp_path / 'no-demo' / 'profile'}" in said
     assert "Usage:" not in said and "Traceback" not in said
