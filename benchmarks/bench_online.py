@@ -9,9 +9,9 @@ row for the same customer: it runs one model on ready-made features, while our s
 validates the raw profile, computes every feature from the orders and events (DuckDB),
 runs three models with reasons, percentiles and tags. The ratio compares unequal work.
 
-Steps: prepare a trained project in --out (reused when it already has champions and a
-batch snapshot): `crm-scoring demo --customers 20000` then `crm-scoring score --as-of
-2025-06-15`; start `crm-scoring serve` and `mlflow models serve` (own process groups,
+Steps: prepare a trained project in --out (reused when it already has champions):
+`crm-scoring demo --customers 20000`, then always `crm-scoring score --as-of 2025-06-15`
+(the API serves only a snapshot of the current champions); start `crm-scoring serve` and `mlflow models serve` (own process groups,
 killed at the end); build the request (a real buyer with >= 20 orders and >= 50 events
 before as_of, trimmed to the latest 20 and 50); check both servers answer it (and that
 mlflow's churn probability equals ours); then for every repeat, server and concurrency
@@ -168,10 +168,9 @@ def prepare(root: Path, customers: int, as_of: str) -> Path:
     else:
         print(f"preparing {root}: demo with {customers:,} customers (about a minute) ...", flush=True)
         _cli(root, "demo", "--customers", str(customers), "--out", str(root / "demo"))
-    snapshots = root / "scores" / "snapshots"
-    tag = as_of.replace("-", "")[:8]
-    if not snapshots.exists() or not any(p.name.startswith(f"run_{tag}") for p in snapshots.iterdir()):
-        _cli(root, "score", "--profile", str(profile), "--as-of", as_of)
+    # Always: the API serves only a snapshot scored with the current champions and rules,
+    # and a re-run with the same ones rewrites the same run (seconds for the demo).
+    _cli(root, "score", "--profile", str(profile), "--as-of", as_of)
     return profile
 
 

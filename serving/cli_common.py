@@ -20,10 +20,12 @@ console = Console(stderr=True, width=None if sys.stderr.isatty() else _PIPED_WID
 out = Console(width=None if sys.stdout.isatty() else _PIPED_WIDTH)
 
 
-def fail(message: str, code: int = 1) -> None:
-    """Exit non-zero with the reason, no traceback: one line, or one line per problem when the
-    error lists several (a rules file's `file:line:column: problem` lines)."""
-    lines = [" ".join(line.split()) for line in str(message).splitlines() if line.strip()] or [""]
+def fail(message: str, code: int = 1, *, one_line_per_problem: bool = False) -> None:
+    """Exit non-zero with the reason as one line, no traceback; with `one_line_per_problem`,
+    each line of the message on its own (a rules file's `file:line:column: problem` lines)."""
+    text = str(message)
+    lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()] if one_line_per_problem else [" ".join(text.split())]
+    lines = lines or [""]
     console.print(f"[bold red]error:[/] {escape(lines[0])}", highlight=False, soft_wrap=True)
     for line in lines[1:]:
         console.print(f"  {line}", highlight=False, soft_wrap=True, markup=False)
@@ -38,4 +40,6 @@ def errors_as_exit() -> Iterator[None]:
     try:
         yield
     except (CrmScoringError, ValueError, OSError) as exc:
-        fail(str(exc))
+        from serving.tags import TagRulesError
+
+        fail(str(exc), one_line_per_problem=isinstance(exc, TagRulesError))

@@ -142,8 +142,9 @@ def serve(
 
 
 def _stale_reason(latest, settings) -> str | None:  # type: ignore[no-untyped-def]
-    """Why the latest batch run cannot be served (scored with other champions or tag rules
-    than the API would load: `serving.engine.check_snapshot_matches`), or None."""
+    """Why `make run` should score again before serving: the latest batch run was scored with
+    other models than the current champions (the API would serve the run's versions) or
+    with other tag rules (the API would not start), or None."""
     from serving.cli import _training_settings
     from serving.tags import load_tag_rules
     from training.registry import champions
@@ -170,6 +171,7 @@ def quickstart(
         from serving.store import ScoreStore
         from training.registry import ModelNotFoundError, champions
 
+        check_port_free("127.0.0.1", port)  # before a minute of training and scoring
         _quiet_mlflow()
         try:
             deployed = {info.name for info in champions(_training_settings())}
@@ -181,9 +183,13 @@ def quickstart(
         else:
             out.print(f"champions found ({', '.join(sorted(deployed))}): not retraining")
         settings = _serving_settings()
-        check_port_free("127.0.0.1", port)  # before minutes of training and scoring
-        latest = ScoreStore(settings.resolved_store_dir).latest_run()
+        store = ScoreStore(settings.resolved_store_dir)
+        latest = store.latest_run()
         why = "no batch snapshot yet" if latest is None else _stale_reason(latest, settings)
+        if why and latest is not None and latest.as_of != DATA_END:
+            # Not the demo's run: scoring the demo into this store would diff it against
+            # someone's own data (or be a back-fill that changes nothing served).
+            raise ProfileError(f"{why}: run `crm-scoring score --profile DIR --as-of DATE` on your profile, then serve")
         if why:
             profile_dir = data_dir / "profile"
             if not profile_dir.exists():

@@ -13,6 +13,7 @@ One `ScoringEngine` is immutable once built; the service swaps in a new one on r
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,6 +39,8 @@ from serving.scoring import KEY, PERCENTILE_OF, PercentileReference, add_reasons
 from serving.store import RunRecord, ScoreStore
 from serving.tags import TAG_COLUMN_PREFIX, AlignedPreviousTags, TagRules, load_tag_rules
 
+
+logger = logging.getLogger("crm_scoring.serving")
 
 #: Joins a request's private prefix to its ids inside a micro-batch (not a valid id character in practice).
 _NAMESPACE_SEPARATOR = "\x1f"
@@ -129,8 +132,8 @@ def check_snapshot_matches(run: RunRecord, models: ModelSet, rules: TagRules) ->
     apply hysteresis against the snapshot's tags, and `/v1/score/by-id` answers from the
     snapshot itself. With another model or other rules, the two endpoints would give one
     customer different tags, and percentiles would compare one model's scores with
-    another's. So a promotion or a rules change reaches the API through `score`, then a
-    reload.
+    another's. `build_engine` loads the run's versions and picks a run of its rules
+    (`served_run`), so this holds by construction there; the check keeps it so.
     """
     problems = []
     for name in sorted({*run.models, *models.versions}):
@@ -150,8 +153,36 @@ def check_snapshot_matches(run: RunRecord, models: ModelSet, rules: TagRules) ->
         )
 
 
-def load_snapshot_view(store: ScoreStore) -> SnapshotView | None:
-    run = store.latest_run()
+def served_run(runs: list[RunRecord], champions: dict[str, str], rules: TagRules) -> RunRecord:
+    """The batch run the API serves: at the latest as_of, the newest run scored with the
+    current champions and the server's rules, else the newest scored with these rules.
+
+    The API answers with the model versions of that run (see `build_engine`). Preferring the
+    current champions matters when a run is committed again: after a rollback, re-scoring
+    gives the earlier run's id back and keeps its original time, so the run of the
+    rolled-back version would otherwise stay the newest. Raises `SnapshotMismatchError`
+    when no run at the latest as_of was scored with these rules.
+    """
+    latest = max(run.as_of for run in runs)
+    candidates = sorted((run for run in runs if run.as_of == latest), key=lambda run: (run.created_at, run.run_id), reverse=True)
+    same_rules = [run for run in candidates if not run.rules_digest or run.rules_digest == rules.digest]
+    for run in same_rules:
+        if run.models == champions:
+            return run
+    if same_rules:
+        return same_rules[0]
+    run = candidates[0]
+    raise SnapshotMismatchError(
+        f"the latest batch run {run.run_id} (as_of {run.as_of:%Y-%m-%d %H:%M}) was scored with other tag rules: "
+        f"{rules.source} (sha256 {rules.digest[:12]}) are not the run's (sha256 {run.rules_digest[:12]}). Start the server "
+        f"with the run's rules (CRMSCORE_TAGS_FILE), or run `crm-scoring score --profile DIR --as-of DATE` with DATE at or "
+        f"after {run.as_of:%Y-%m-%d %H:%M} and the server's rules, then reload"
+    )
+
+
+def load_snapshot_view(store: ScoreStore, run: RunRecord | None = None) -> SnapshotView | None:
+    """The snapshot of `run` (default: the latest run), or None when the store has no run."""
+    run = run or store.latest_run()
     if run is None:
         return None
     path = store.snapshot_path(run.run_id)
@@ -487,7 +518,11 @@ class ScoringEngine:
         """Reasons for snapshot rows, from the run's stored features (same models as the run)."""
         if self.snapshot is None or rows.empty or self.snapshot.features_path is None:
             return rows
-        features = self.snapshot.rows(rows[KEY].astype(str).tolist(), path=self.snapshot.features_path)
+        try:
+            features = self.snapshot.rows(rows[KEY].astype(str).tolist(), path=self.snapshot.features_path)
+        except SnapshotUnavailableError as exc:  # the scores are there; only the reasons are missing
+            logger.warning("by-id answers without reasons: %s", exc)
+            return rows
         features = features.set_index(KEY).loc[rows[KEY].astype(str)].reset_index()
         return add_reasons(rows.reset_index(drop=True), features, self.models)
 
@@ -550,10 +585,12 @@ def build_engine(
     pin_threads: bool = True,
     prediction_threads: int | None = None,
 ) -> ScoringEngine:
-    """Load the latest snapshot, champions and rules, compile the features, run the probe.
+    """Load the served batch run (`served_run`), its model versions and the rules, compile
+    the features, run the probe.
 
     Raises `NoSnapshotError` before any batch run: the API's scores are relative to the
-    latest batch-scored population.
+    latest batch-scored population; `SnapshotMismatchError` when the latest runs were scored
+    with other tag rules; `ModelLoadError` when a version of the run cannot be loaded.
 
     feature_params: as for batch scoring (`Settings.feature_params`: the PII columns), with
     the latest snapshot's RFM score edges.
@@ -565,18 +602,32 @@ def build_engine(
     models' time is TreeSHAP for the reasons, which spreads over rows: 8 customers'
     finishing took 4.3 ms with one thread, 3.2 ms with two (two cores, medians of 12 runs).
     """
-    snapshot = load_snapshot_view(ScoreStore(store_dir))
-    if snapshot is None:
+    from training.registry import ModelNotFoundError, champions
+
+    store = ScoreStore(store_dir)
+    runs = store.runs() if store.exists() else []
+    if not runs:
         # Without the batch population an inline score would depend on the other customers
         # of its micro-batch (RFM scores are quintiles, percentiles are ranks).
         raise NoSnapshotError(
             f"no batch snapshot in {store_dir}: run `crm-scoring score --profile DIR --as-of DATE`, then reload; "
             "inline scores need the batch-scored population (RFM score edges, percentiles)"
         )
-    models = load_model_set(training_settings, threads=prediction_threads)
-    check_attribute_inputs(models, feature_params.attributes)
     rules = load_tag_rules(tags_file)
-    check_snapshot_matches(snapshot.run, models, rules)
+    try:
+        current = {info.name: str(info.version) for info in champions(training_settings)}
+    except ModelNotFoundError:
+        current = {}
+    run = served_run(runs, current, rules)
+    # The run's versions, not the champion alias: a promotion reaches the API through a
+    # batch run (then a reload), so by-id and inline answers always come from one model
+    # and percentiles rank its scores among its own, and a restart between a promotion and
+    # the next batch run still serves.
+    models = load_model_set(training_settings, threads=prediction_threads, versions=run.models)
+    check_attribute_inputs(models, feature_params.attributes)
+    check_snapshot_matches(run, models, rules)
+    snapshot = load_snapshot_view(store, run)
+    assert snapshot is not None
     attributes = attribute_columns_for(models.input_types())
     params = online_feature_params(snapshot.meta, feature_params)
     builder: OnlineFeatureBuilder | FeatureProcess

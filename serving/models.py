@@ -183,21 +183,29 @@ def _frame_values(predict_frame: Callable[[pd.DataFrame], pd.DataFrame], feature
 
 
 def load_model_set(
-    settings: TrainingSettings | None = None, names: tuple[str, ...] = MODEL_NAMES, *, threads: int | None = None
+    settings: TrainingSettings | None = None,
+    names: tuple[str, ...] = MODEL_NAMES,
+    *,
+    threads: int | None = None,
+    versions: dict[str, str] | None = None,
 ) -> ModelSet:
     """Load every model that has a champion. Raises `ModelLoadError` when none can be served.
 
     A champion that exists but fails to load is an error (serving silently without it
     would hide a broken deployment); a model that was never promoted is skipped.
+    versions: load exactly these versions by name instead (a batch run's `models`); one
+    that cannot be loaded any more is an error.
     """
     from training.registry import ModelNotFoundError, RegistryError, load_champion
 
     loaded: dict[str, ServedModel] = {}
     missing: dict[str, list[str]] = {}  # reason -> model names (one store problem is said once)
-    for name in names:
+    for name in names if versions is None else tuple(versions):
         try:
-            loaded[name] = served_model(load_champion(name, settings), threads)
+            loaded[name] = served_model(load_champion(name, settings, None if versions is None else versions[name]), threads)
         except ModelNotFoundError as exc:
+            if versions is not None:
+                raise ModelLoadError(f"{exc}: it scored the latest batch run; run `crm-scoring score` with the current champions") from exc
             missing.setdefault(str(exc).replace(name, "<model>"), []).append(name)
         except RegistryError as exc:
             raise ModelLoadError(str(exc)) from exc

@@ -6,15 +6,15 @@ exception handlers that keep every input problem a 4xx). BentoML supplies the pr
 model and `/healthz`, `/livez`, `/readyz` (ready = a batch snapshot found, models loaded
 and the probe prediction passed, see `__is_ready__`) and `/metrics`, which stay open
 without a key. Before the first batch run the service is up but not ready: inline scores
-are relative to the batch-scored population (RFM score edges, percentiles). It serves only
-the models and tag rules that scored the latest batch run (`engine.check_snapshot_matches`):
-after a promotion or a rules change, `crm-scoring score`, then a reload.
+are relative to the batch-scored population (RFM score edges, percentiles). It serves the
+model versions that scored the latest batch run (`engine.served_run`), with tag rules that
+must be the run's: after a promotion or a rules change, `crm-scoring score`, then a reload.
 
 Endpoints (bearer API key required):
   POST /v1/score          inline profiles -> output contract per customer
   POST /v1/score/by-id    customer ids -> rows of the latest batch snapshot
   GET  /v1/models         served models (name, version, as_of, metrics) and snapshot
-  POST /v1/admin/reload   (admin key) load the current champions and the latest snapshot; a failure keeps the old ones
+  POST /v1/admin/reload   (admin key) load the latest batch run and its model versions; a failure keeps the old ones
 
 Concurrent `/v1/score` requests are micro-batched (`MicroBatcher`): those that arrive
 while a batch is being computed go together into the next feature query, since a query's
@@ -446,9 +446,9 @@ class CrmScoring:
         engine = self.engine
         try:
             outcome = await self._run(engine.score_by_ids, body.customer_ids)
-        except SnapshotUnavailableError as exc:
+        except SnapshotUnavailableError as exc:  # the path and the cause are for the operator, in the log
             logger.error("%s", exc)
-            return _problem(503, str(exc))
+            return _problem(503, "the latest batch snapshot cannot be read; an operator must re-run `crm-scoring score` and reload")
         if isinstance(outcome, JSONResponse):
             return outcome
         results, missing = outcome

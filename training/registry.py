@@ -639,19 +639,29 @@ def metrics_table(infos: list[ModelVersionInfo]) -> pd.DataFrame:
     return pd.DataFrame(columns).sort_index()
 
 
-def load_champion(name: str, settings: TrainingSettings | None = None) -> ChampionModel:
-    """Load `models:/<name>@champion` for serving, with what it was trained on."""
+def load_champion(name: str, settings: TrainingSettings | None = None, version: str | None = None) -> ChampionModel:
+    """Load `models:/<name>@champion` for serving, with what it was trained on.
+
+    version: load this version instead (one that was champion when a batch run scored with
+    it: the API serves the versions of the latest run); `ModelNotFoundError` if it is gone.
+    """
     settings = tracking.resolve_settings(settings)
     _check_name(name)
     client = _client(settings)
     _ensure_registered(client, name)
-    version = _champion_version(client, name)
+    what = "champion" if version is None else "version"
     if version is None:
-        raise ModelNotFoundError(f"{name} has no champion: promote a version first (crm-scoring models promote)")
+        version = _champion_version(client, name)
+        if version is None:
+            raise ModelNotFoundError(f"{name} has no champion: promote a version first (crm-scoring models promote)")
+    else:
+        version = str(version)
+        if version not in {str(v.version) for v in _registered_versions(client, name)}:
+            raise ModelNotFoundError(f"{name} has no version {version} any more")
     mv = client.get_model_version(name, version)
-    info = _info(client, mv, {version: [CHAMPION]})
+    info = _info(client, mv, {version: [CHAMPION]} if what == "champion" else {})
     try:
         model = _load_pyfunc(f"models:/{name}/{version}")  # the version read above, even if the alias moves
     except Exception as exc:  # noqa: BLE001 - report any load failure as one line
-        raise RegistryError(f"{name} champion v{version} cannot be loaded: {tracking.first_line(exc)}") from exc
+        raise RegistryError(f"{name} {what} v{version} cannot be loaded: {tracking.first_line(exc)}") from exc
     return ChampionModel(name, version, mv.run_id, info.as_of, info.horizon_days, info.metrics, model)

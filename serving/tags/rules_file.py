@@ -1,7 +1,9 @@
 """Reading a tag rules file (YAML, version 1; the format is in `serving.tags`).
 
 Every problem is collected with its line and column and reported together as
-`TagRulesError`, so a marketer fixes a file in one pass.
+`TagRulesError`, so a marketer fixes a file in one pass. One exception: conditions that
+name a tag which could not be read are not checked (they would only repeat its problem
+as "unknown name"); their own mistakes show once the tag is fixed.
 """
 
 from __future__ import annotations

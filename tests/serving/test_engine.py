@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from serving.engine import NoSnapshotError, SnapshotMismatchError, _convert_attribute, build_engine, check_snapshot_matches
+from serving.engine import NoSnapshotError, SnapshotMismatchError, _convert_attribute, build_engine, check_snapshot_matches, served_run
 from serving.models import ModelSet
 from serving.online import AttributeColumn
 from serving.store import RunRecord
@@ -57,6 +57,29 @@ def test_the_served_models_and_rules_must_be_the_ones_that_scored_the_snapshot()
     other = parse_tag_rules(resources.files("serving").joinpath("default_tags.yaml").read_text() + "\n# edited\n", "my_tags.yaml")
     with pytest.raises(SnapshotMismatchError, match=r"tag rules my_tags.yaml \(sha256 [0-9a-f]{12}\) are not the run's"):
         check_snapshot_matches(_run({"churn_propensity": "2", "customer_ltv": "1"}, rules.digest), served, other)
+
+
+def test_the_served_run_is_the_newest_at_the_latest_as_of_preferring_the_current_champions() -> None:
+    rules = load_tag_rules()
+
+    def run(run_id: str, day: int, hour: int, churn: str, digest: str = rules.digest) -> RunRecord:
+        return RunRecord(run_id, datetime(2025, 6, day), datetime(2025, 6, day, hour), None, 10, {"churn_propensity": churn}, digest)
+
+    older = run("june-14", 14, 9, "3")
+    first, second = run("a", 15, 1, "1"), run("b", 15, 2, "2")  # v1 scored, v2 promoted and scored
+    runs = [older, first, second]
+
+    assert served_run(runs, {"churn_propensity": "2"}, rules) is second
+    # Rolled back to v1 and re-scored: the run id of the v1 run comes back with its old time.
+    assert served_run(runs, {"churn_propensity": "1"}, rules) is first
+    # Promoted, not scored yet (or no registry answer): the newest run, served with its versions.
+    assert served_run(runs, {"churn_propensity": "4"}, rules) is second
+    assert served_run(runs, {}, rules) is second
+    # A run of the latest as_of with other rules is skipped; none with these rules is an error.
+    other = run("c", 15, 3, "2", digest="f" * 64)
+    assert served_run([*runs, other], {"churn_propensity": "2"}, rules) is second
+    with pytest.raises(SnapshotMismatchError, match=r"run c \(as_of 2025-06-15 00:00\) was scored with other tag rules.*DATE at or after 2025-06-15 00:00"):
+        served_run([older, other], {"churn_propensity": "2"}, rules)
 
 
 @pytest.mark.parametrize(

@@ -169,3 +169,15 @@ def test_predictions_and_reasons_do_not_depend_on_the_thread_count(trained_proje
         assert reasons == other_reasons
         compared += 1
     assert compared >= 2  # lead scoring and churn
+
+
+def test_a_batch_runs_versions_load_by_number_and_a_missing_one_says_what_to_run(trained_project: TrainedProject, models: ModelSet) -> None:
+    """The API loads the versions a batch run recorded, not the champion alias (`served_run`)."""
+    from serving.models import ModelLoadError
+
+    settings = TrainingSettings(project_dir=trained_project.root, tracking_uri=trained_project.env["CRMSCORE_TRACKING_URI"])
+    by_number = load_model_set(settings, versions={"churn_propensity": models.versions["churn_propensity"]})
+    assert by_number.versions == {"churn_propensity": models.versions["churn_propensity"]}
+
+    with pytest.raises(ModelLoadError, match=r"churn_propensity has no version 99 any more: it scored the latest batch run; run `crm-scoring score`"):
+        load_model_set(settings, versions={"churn_propensity": "99"})

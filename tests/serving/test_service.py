@@ -264,8 +264,8 @@ def test_a_reload_with_other_tag_rules_than_the_snapshot_is_refused(
 
     assert refused.status_code == 409
     error = refused.json()["error"]
-    assert "still serving the previous models" in error and f"tag rules {edited} (sha256 " in error
-    assert "Run `crm-scoring score" in error
+    assert "still serving the previous models" in error and f"other tag rules: {edited} (sha256 " in error
+    assert "are not the run's" in error and "run `crm-scoring score" in error
     assert client.post("/v1/score", json=body(customer), headers=AUTH).json() == before
 
 
@@ -280,7 +280,7 @@ def test_by_id_answers_503_when_the_snapshot_file_is_gone(
     response = client.post("/v1/score/by-id", json={"customer_ids": [customer["customer_id"]]}, headers=AUTH)
 
     assert response.status_code == 503  # was a plain-text 500
-    assert "moved.parquet cannot be read" in response.json()["error"] and "run `crm-scoring score`, then reload" in response.json()["error"]
+    assert response.json()["error"] == "the latest batch snapshot cannot be read; an operator must re-run `crm-scoring score` and reload"
 
 
 def test_not_ready_answers_say_why_and_when_to_retry(client: TestClient, customer: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
