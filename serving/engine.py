@@ -122,35 +122,7 @@ class SnapshotUnavailableError(CrmScoringError):
 
 
 class SnapshotMismatchError(CrmScoringError):
-    """The latest batch run was scored with other models or tag rules than the server loads."""
-
-
-def check_snapshot_matches(run: RunRecord, models: ModelSet, rules: TagRules) -> None:
-    """Raise `SnapshotMismatchError` unless `run` was scored with these model versions and rules.
-
-    Why: inline answers rank a score among the snapshot's (percentiles, so `value_tier`),
-    apply hysteresis against the snapshot's tags, and `/v1/score/by-id` answers from the
-    snapshot itself. With another model or other rules, the two endpoints would give one
-    customer different tags, and percentiles would compare one model's scores with
-    another's. `build_engine` loads the run's versions and picks a run of its rules
-    (`served_run`), so this holds by construction there; the check keeps it so.
-    """
-    problems = []
-    for name in sorted({*run.models, *models.versions}):
-        scored, served = run.models.get(name), models.versions.get(name)
-        if scored != served:
-            problems.append(
-                f"{name} {'v' + scored if scored else 'absent'} in the run, {'v' + served + ' champion' if served else 'no champion'} now"
-            )
-    if run.rules_digest and run.rules_digest != rules.digest:
-        problems.append(f"tag rules {rules.source} (sha256 {rules.digest[:12]}) are not the run's (sha256 {run.rules_digest[:12]})")
-    if problems:
-        raise SnapshotMismatchError(
-            f"the latest batch run {run.run_id} (as_of {run.as_of:%Y-%m-%d %H:%M}) was scored with other models or rules: "
-            + "; ".join(problems)
-            + ". Run `crm-scoring score --profile DIR --as-of DATE` with the current champions and the server's tag rules "
-            "(CRMSCORE_TAGS_FILE), then reload"
-        )
+    """No batch run at the latest as_of was scored with the tag rules the server loads."""
 
 
 def served_run(runs: list[RunRecord], champions: dict[str, str], rules: TagRules) -> RunRecord:
@@ -625,7 +597,6 @@ def build_engine(
     # the next batch run still serves.
     models = load_model_set(training_settings, threads=prediction_threads, versions=run.models)
     check_attribute_inputs(models, feature_params.attributes)
-    check_snapshot_matches(run, models, rules)
     snapshot = load_snapshot_view(store, run)
     assert snapshot is not None
     attributes = attribute_columns_for(models.input_types())

@@ -104,8 +104,8 @@ def test_serve_stops_at_a_bad_rules_file_or_a_taken_port_with_the_reason(tmp_pat
 
 
 def test_make_run_rescores_a_snapshot_of_other_champions_or_rules(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """The API serves only what scored the latest run (`check_snapshot_matches`): `make run`
-    after a promotion scores again instead of starting a server that is never ready."""
+    """The API serves the versions that scored the latest run (`serving.engine.served_run`):
+    `make run` after a promotion scores again, so that it serves the current champions."""
     from datetime import datetime
     from types import SimpleNamespace
 

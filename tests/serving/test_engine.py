@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from serving.engine import NoSnapshotError, SnapshotMismatchError, _convert_attribute, build_engine, check_snapshot_matches, served_run
-from serving.models import ModelSet
+from serving.engine import NoSnapshotError, SnapshotMismatchError, _convert_attribute, build_engine, served_run
 from serving.online import AttributeColumn
 from serving.store import RunRecord
-from serving.tags import load_tag_rules, parse_tag_rules
+from serving.tags import load_tag_rules
 
 
 def test_an_engine_needs_a_batch_snapshot(tmp_path: Path) -> None:
@@ -27,36 +25,6 @@ def test_an_engine_needs_a_batch_snapshot(tmp_path: Path) -> None:
         build_engine(store, None)
 
     assert not store.exists()  # looking created nothing
-
-
-class _Versioned:
-    def __init__(self, version: str) -> None:
-        self.version = version
-
-
-def _run(models: dict[str, str], rules_digest: str) -> RunRecord:
-    return RunRecord("run-1", datetime(2025, 6, 15), datetime(2025, 6, 15, 1), None, 10, models, rules_digest)
-
-
-def test_the_served_models_and_rules_must_be_the_ones_that_scored_the_snapshot() -> None:
-    """Otherwise by-id (the snapshot) and inline answers (the server's models and rules) give
-    one customer different tags, and percentiles rank one model's score among another's."""
-    rules = load_tag_rules()
-    served = ModelSet({"churn_propensity": _Versioned("2"), "customer_ltv": _Versioned("1")})  # type: ignore[dict-item]
-
-    check_snapshot_matches(_run({"churn_propensity": "2", "customer_ltv": "1"}, rules.digest), served, rules)
-
-    with pytest.raises(SnapshotMismatchError) as promoted:
-        check_snapshot_matches(_run({"churn_propensity": "1", "customer_ltv": "1", "lead_scoring": "3"}, rules.digest), served, rules)
-    message = str(promoted.value)
-    assert "churn_propensity v1 in the run, v2 champion now" in message
-    assert "lead_scoring v3 in the run, no champion now" in message
-    assert "customer_ltv" not in message and "are not the run's" not in message
-    assert message.endswith("Run `crm-scoring score --profile DIR --as-of DATE` with the current champions and the server's tag rules (CRMSCORE_TAGS_FILE), then reload")
-
-    other = parse_tag_rules(resources.files("serving").joinpath("default_tags.yaml").read_text() + "\n# edited\n", "my_tags.yaml")
-    with pytest.raises(SnapshotMismatchError, match=r"tag rules my_tags.yaml \(sha256 [0-9a-f]{12}\) are not the run's"):
-        check_snapshot_matches(_run({"churn_propensity": "2", "customer_ltv": "1"}, rules.digest), served, other)
 
 
 def test_the_served_run_is_the_newest_at_the_latest_as_of_preferring_the_current_champions() -> None:
