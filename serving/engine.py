@@ -152,11 +152,8 @@ def served_run(runs: list[RunRecord], champions: dict[str, str], rules: TagRules
     )
 
 
-def load_snapshot_view(store: ScoreStore, run: RunRecord | None = None) -> SnapshotView | None:
-    """The snapshot of `run` (default: the latest run), or None when the store has no run."""
-    run = run or store.latest_run()
-    if run is None:
-        return None
+def load_snapshot_view(store: ScoreStore, run: RunRecord) -> SnapshotView:
+    """The snapshot of `run` as online scoring reads it."""
     path = store.snapshot_path(run.run_id)
     schema = pq.read_schema(path)
     scores = pq.read_table(path, columns=[c for c in PERCENTILE_OF.values() if c in schema.names]).to_pandas()
@@ -598,7 +595,6 @@ def build_engine(
     models = load_model_set(training_settings, threads=prediction_threads, versions=run.models)
     check_attribute_inputs(models, feature_params.attributes)
     snapshot = load_snapshot_view(store, run)
-    assert snapshot is not None
     attributes = attribute_columns_for(models.input_types())
     params = online_feature_params(snapshot.meta, feature_params)
     builder: OnlineFeatureBuilder | FeatureProcess
