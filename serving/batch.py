@@ -14,7 +14,10 @@
 
 The run id is deterministic (as_of, model versions, the fingerprint of the data before
 as_of, the rules' digest), and so are event ids: re-running the same as_of with the same
-models and data rewrites the same snapshot and adds no event. A crash before the commit
+models and data rewrites the same snapshot and adds no event. Going back to a state that
+an earlier run scored, after other runs replaced it (a model rollback, a reverted data
+correction), is a new run: its id also names the run it follows, and it diffs against
+that run, so the CRM hears about the tags that change back. A crash before the commit
 leaves the previous run and the outbox as they were.
 
 Next to each snapshot, `<run_id>.meta.json` keeps what online scoring needs to agree with
@@ -72,12 +75,43 @@ class BatchResult:
     timings: dict[str, float]
 
 
-def batch_run_id(as_of: datetime, models: dict[str, str], fingerprint: str, rules_digest: str) -> str:
-    """Deterministic: the same as_of, model versions, data and rules give the same id."""
-    payload = json.dumps(
-        {"as_of": as_of.isoformat(), "models": models, "data": fingerprint, "rules": rules_digest}, sort_keys=True
-    )
+def batch_run_id(
+    as_of: datetime, models: dict[str, str], fingerprint: str, rules_digest: str, *, follows: str | None = None
+) -> str:
+    """Deterministic: the same as_of, model versions, data and rules give the same id.
+
+    `follows` names the run that a return to an earlier run's state comes after (see
+    `choose_run_id`); without it the id is the state's own, its *content id*.
+    """
+    content: dict[str, object] = {"as_of": as_of.isoformat(), "models": models, "data": fingerprint, "rules": rules_digest}
+    if follows is not None:
+        content["follows"] = follows
+    payload = json.dumps(content, sort_keys=True)
     return "run_" + as_of.strftime("%Y%m%d") + "_" + hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def content_id_of(store: ScoreStore, run: RunRecord) -> str:
+    """The content id of a committed run (runs before `follows` existed: their own id)."""
+    return str(read_meta(store, run.run_id).get("content_id") or run.run_id)
+
+
+def choose_run_id(store: ScoreStore, as_of: datetime, models: dict[str, str], fingerprint: str, rules_digest: str) -> tuple[str, str]:
+    """The id of the run that scores this state at as_of, and the state's content id.
+
+    - The newest run at or before as_of has this content: a re-run, its id (no new event).
+    - No run has it: the content id.
+    - An earlier run had it, then others replaced it (a model rollback, a reverted
+      correction): a new run that follows the newest and diffs against it. Re-committing
+      the earlier run would emit nothing, and the CRM, last told the newer run's tags, would
+      never hear of the changes back.
+    """
+    content_id = batch_run_id(as_of, models, fingerprint, rules_digest)
+    head = store.previous_run(as_of)
+    if head is not None and content_id_of(store, head) == content_id:
+        return head.run_id, content_id
+    if head is None or store.get_run(content_id) is None:
+        return content_id, content_id
+    return batch_run_id(as_of, models, fingerprint, rules_digest, follows=head.run_id), content_id
 
 
 def meta_path(store: ScoreStore, run_id: str) -> Path:
@@ -159,7 +193,7 @@ def score_profile(
 
     progress("fingerprint the data before as_of")
     fingerprint, _ = data_fingerprint(restrict_to_before(profile, as_of))
-    run_id = batch_run_id(as_of, models.versions, fingerprint, rules.digest)
+    run_id, content_id = choose_run_id(store, as_of, models.versions, fingerprint, rules.digest)
     existing = store.get_run(run_id)
     previous = (
         store.get_run(existing.parent_run_id) if existing and existing.parent_run_id else None
@@ -201,7 +235,13 @@ def score_profile(
     write_meta(
         store,
         run_id,
-        {"run_id": run_id, "as_of": as_of.isoformat(), "models": models.versions, "rfm_score_edges": asdict(edges) if edges else None},
+        {
+            "run_id": run_id,
+            "content_id": content_id,
+            "as_of": as_of.isoformat(),
+            "models": models.versions,
+            "rfm_score_edges": asdict(edges) if edges else None,
+        },
     )
     record = RunRecord(
         run_id=run_id,

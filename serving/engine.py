@@ -1,4 +1,4 @@
-"""The online scoring engine: champions + tag rules + compiled features + latest snapshot.
+"""The online scoring engine: the served run's models + tag rules + compiled features + its snapshot.
 
 One `ScoringEngine` is immutable once built; the service swaps in a new one on reload
 (so a failed reload keeps the old one serving). It answers:
@@ -125,22 +125,18 @@ class SnapshotMismatchError(CrmScoringError):
     """No batch run at the latest as_of was scored with the tag rules the server loads."""
 
 
-def served_run(runs: list[RunRecord], champions: dict[str, str], rules: TagRules) -> RunRecord:
-    """The batch run the API serves: at the latest as_of, the newest run scored with the
-    current champions and the server's rules, else the newest scored with these rules.
+def served_run(runs: list[RunRecord], rules: TagRules) -> RunRecord:
+    """The batch run the API serves: the newest run at the latest as_of that was scored
+    with the server's tag rules.
 
-    The API answers with the model versions of that run (see `build_engine`). Preferring the
-    current champions matters when a run is committed again: after a rollback, re-scoring
-    gives the earlier run's id back and keeps its original time, so the run of the
-    rolled-back version would otherwise stay the newest. Raises `SnapshotMismatchError`
-    when no run at the latest as_of was scored with these rules.
+    The API answers with the model versions of that run (see `build_engine`): what the
+    latest batch run told the CRM. A rollback reaches the API the way a promotion does,
+    through `score` (a new run, see `serving.batch.choose_run_id`), then a reload. Raises
+    `SnapshotMismatchError` when no run at the latest as_of was scored with these rules.
     """
     latest = max(run.as_of for run in runs)
     candidates = sorted((run for run in runs if run.as_of == latest), key=lambda run: (run.created_at, run.run_id), reverse=True)
     same_rules = [run for run in candidates if not run.rules_digest or run.rules_digest == rules.digest]
-    for run in same_rules:
-        if run.models == champions:
-            return run
     if same_rules:
         return same_rules[0]
     run = candidates[0]
@@ -571,8 +567,6 @@ def build_engine(
     models' time is TreeSHAP for the reasons, which spreads over rows: 8 customers'
     finishing took 4.3 ms with one thread, 3.2 ms with two (two cores, medians of 12 runs).
     """
-    from training.registry import ModelNotFoundError, champions
-
     store = ScoreStore(store_dir)
     runs = store.runs() if store.exists() else []
     if not runs:
@@ -583,11 +577,7 @@ def build_engine(
             "inline scores need the batch-scored population (RFM score edges, percentiles)"
         )
     rules = load_tag_rules(tags_file)
-    try:
-        current = {info.name: str(info.version) for info in champions(training_settings)}
-    except ModelNotFoundError:
-        current = {}
-    run = served_run(runs, current, rules)
+    run = served_run(runs, rules)
     # The run's versions, not the champion alias: a promotion reaches the API through a
     # batch run (then a reload), so by-id and inline answers always come from one model
     # and percentiles rank its scores among its own, and a restart between a promotion and

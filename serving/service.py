@@ -302,7 +302,7 @@ bentoml_fixes.install()
 @bentoml.service(name="crm_scoring", workers=1, traffic={"timeout": 60})
 @bentoml.asgi_app(app, path="/v1")
 class CrmScoring:
-    """Scoring API over the `champion` models (see the module docstring)."""
+    """Scoring API over the model versions of the latest batch run (see the module docstring)."""
 
     def __init__(self) -> None:
         from features.settings import Settings
@@ -468,7 +468,7 @@ class CrmScoring:
         return JSONResponse(jsonable_encoder(self.engine.describe()))
 
     async def reload(self) -> Any:
-        """Load the current champions; on failure the previous engine keeps serving."""
+        """Load the latest batch run and its model versions; on failure the previous engine keeps serving."""
         if not self._reload_lock.acquire(blocking=False):
             return _problem(409, "a reload is already running")
         previous = self.engine
@@ -554,7 +554,7 @@ async def models(service: Any = Depends(_service)) -> Any:
 
 @app.post("/admin/reload")
 async def reload(service: Any = Depends(_service)) -> Any:
-    """(admin key) Load the current champions; a failure keeps the old ones serving."""
+    """(admin key) Load the latest batch run and its model versions; a failure keeps the old ones serving."""
     return await service.reload()
 
 

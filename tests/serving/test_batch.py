@@ -15,6 +15,7 @@ import pytest
 from features.families.attributes import AttributeParams
 from features.pipeline import FeatureParams
 from features.settings import Settings
+from serving.batch import read_meta
 from serving.engine import build_engine
 from serving.models import ModelLoadError, load_model_set
 from serving.store import ScoreStore
@@ -55,7 +56,7 @@ def test_a_back_filled_run_is_stored_but_makes_no_events(trained_project: Traine
     assert newest is not None and newest.as_of.date().isoformat() == "2025-06-22" and newest.parent_run_id == latest.run_id
 
 
-def test_corrected_data_at_the_same_as_of_is_a_new_run_with_its_events(trained_project: TrainedProject, tmp_path: Path) -> None:
+def test_corrected_data_and_its_revert_at_the_same_as_of_are_new_runs_with_their_events(trained_project: TrainedProject, tmp_path: Path) -> None:
     """A correction that keeps the row counts, time ranges and amount total (orders refunded)
     is new data: a new run whose tag changes become events, not a re-run that adds none.
     A rejected row goes to the store's rejects file (the profile folder may be read-only)."""
@@ -97,6 +98,23 @@ def test_corrected_data_at_the_same_as_of_is_a_new_run_with_its_events(trained_p
     assert sum(store.event_counts().values()) == outbox_before + len(events)
     exits = {e["customer_id"] for e in events if e["type"] == "tag.exited" and e["name"] == "value_tier" and e["value"] == "top"}
     assert set(changed) <= exits
+
+    # The correction reverted: the state of the first run again, but the CRM was last told the
+    # corrected run's tags. A new run after the corrected one, whose events say what changes back.
+    shutil.copy(trained_project.profile / "orders.parquet", profile / "orders.parquet")
+    reverted = trained_project.run("score", "--profile", str(profile), "--as-of", AS_OF, "--out", str(folder))
+    assert "re-run of an existing run" not in " ".join(reverted.stdout.split())
+    back = store.latest_run()
+    assert back is not None and back.run_id not in (latest.run_id, corrected.run_id) and back.parent_run_id == corrected.run_id
+    assert read_meta(store, back.run_id)["content_id"] == read_meta(store, latest.run_id)["content_id"] == latest.run_id
+    back_tags = store.read_snapshot(back.run_id).set_index("customer_id")["tag_value_tier"]
+    entered = {e["customer_id"] for e in store.iter_events() if e["run_id"] == back.run_id and e["type"] == "tag.entered" and e["name"] == "value_tier" and e["value"] == "top"}
+    assert entered and entered == {c for c in changed if back_tags[c] == "top"}
+    # Scoring the same state again is a re-run of that new run: nothing more is sent.
+    events_now = store.event_counts()
+    again = trained_project.run("score", "--profile", str(profile), "--as-of", AS_OF, "--out", str(folder))
+    assert "re-run of an existing run" in " ".join(again.stdout.split()) and "0 new event(s)" in " ".join(again.stdout.split())
+    assert store.latest_run() == back and store.event_counts() == events_now
 
 
 def test_score_and_the_api_keep_the_configured_pii_columns_out_of_the_features(trained_project: TrainedProject, tmp_path: Path) -> None:

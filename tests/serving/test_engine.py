@@ -27,7 +27,7 @@ def test_an_engine_needs_a_batch_snapshot(tmp_path: Path) -> None:
     assert not store.exists()  # looking created nothing
 
 
-def test_the_served_run_is_the_newest_at_the_latest_as_of_preferring_the_current_champions() -> None:
+def test_the_served_run_is_the_newest_at_the_latest_as_of_with_the_servers_rules() -> None:
     rules = load_tag_rules()
 
     def run(run_id: str, day: int, hour: int, churn: str, digest: str = rules.digest) -> RunRecord:
@@ -35,19 +35,15 @@ def test_the_served_run_is_the_newest_at_the_latest_as_of_preferring_the_current
 
     older = run("june-14", 14, 9, "3")
     first, second = run("a", 15, 1, "1"), run("b", 15, 2, "2")  # v1 scored, v2 promoted and scored
-    runs = [older, first, second]
-
-    assert served_run(runs, {"churn_propensity": "2"}, rules) is second
-    # Rolled back to v1 and re-scored: the run id of the v1 run comes back with its old time.
-    assert served_run(runs, {"churn_propensity": "1"}, rules) is first
-    # Promoted, not scored yet (or no registry answer): the newest run, served with its versions.
-    assert served_run(runs, {"churn_propensity": "4"}, rules) is second
-    assert served_run(runs, {}, rules) is second
+    assert served_run([older, first, second], rules) is second
+    # Rolled back to v1 and re-scored: a new run (serving.batch.choose_run_id), the newest.
+    back = run("c", 15, 3, "1")
+    assert served_run([older, first, second, back], rules) is back
     # A run of the latest as_of with other rules is skipped; none with these rules is an error.
-    other = run("c", 15, 3, "2", digest="f" * 64)
-    assert served_run([*runs, other], {"churn_propensity": "2"}, rules) is second
-    with pytest.raises(SnapshotMismatchError, match=r"run c \(as_of 2025-06-15 00:00\) was scored with other tag rules.*DATE at or after 2025-06-15 00:00"):
-        served_run([older, other], {"churn_propensity": "2"}, rules)
+    other = run("d", 15, 4, "2", digest="f" * 64)
+    assert served_run([older, first, second, other], rules) is second
+    with pytest.raises(SnapshotMismatchError, match=r"run d \(as_of 2025-06-15 00:00\) was scored with other tag rules.*DATE at or after 2025-06-15 00:00"):
+        served_run([older, other], rules)
 
 
 @pytest.mark.parametrize(
