@@ -85,7 +85,9 @@ _SENTINELS = (datetime(2999, 12, 31, 23, 59, 59, 123456), datetime(2998, 11, 30,
 #: Optimizers that build the plan from table statistics (min/max, null flags, sizes of a
 #: string): off in the online database so a prepared plan stays valid whatever rows the
 #: temporary tables hold later. The others only reorder or simplify the plan.
-ONLINE_DISABLED_OPTIMIZERS = ("statistics_propagation", "compressed_materialization", "row_group_pruner")
+#: `join_filter_pushdown` only adds per-execution work here (dynamic filters built from each
+#: join's few build rows): ~0.3-0.5 ms less for the engagement statement of 8 customers.
+ONLINE_DISABLED_OPTIMIZERS = ("statistics_propagation", "compressed_materialization", "row_group_pruner", "join_filter_pushdown")
 
 #: Rows per Arrow batch when fetching a family's result. DuckDB reserves every column's
 #: buffers for a whole batch up front (1,000,000 rows by default: ~1.5 ms of allocation

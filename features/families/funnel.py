@@ -26,7 +26,7 @@ from datetime import datetime
 
 import ibis
 
-from features.families.engagement import events_before
+from features.families.engagement import events_before, timestamp_where
 from features.population import eligible_customers
 from features.profile import Profile
 from features.timeutil import as_of_literal, days_before, days_between, to_utc_naive
@@ -91,7 +91,7 @@ def funnel_features(profile: Profile, as_of: datetime, params: FunnelParams = Fu
         _stage=stage.max(),
         _demo_requests=_count_where(kind == DEMO_REQUEST),
         _trial_starts=_count_where(kind == TRIAL_START),
-        _first_sales_ready=ev.occurred_at.min(where=kind.isin(list(params.sales_ready_event_types))),
+        _first_sales_ready=timestamp_where(kind.isin(list(params.sales_ready_event_types)), ev.occurred_at).min(),
         _last_event=ev.occurred_at.max(),
         _recent_events=_count_where(since(ev, params.silent_days)),
         _pricing_views=_count_where((kind == PRICING_PAGE_VIEW) & since(ev, params.pricing_window_days)),
