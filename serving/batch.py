@@ -52,7 +52,7 @@ from features.timeutil import to_utc_naive
 from serving.events import diff_snapshots
 from serving.models import ModelSet, check_attribute_inputs
 from serving.scoring import KEY, score_features
-from serving.store import RunRecord, ScoreStore
+from serving.store import RunRecord, ScoreStore, fsync_directory
 from serving.tags import TagRules
 from training.train import data_fingerprint
 
@@ -99,7 +99,8 @@ def choose_run_id(store: ScoreStore, as_of: datetime, models: dict[str, str], fi
     """The id of the run that scores this state at as_of, and the state's content id.
 
     - The newest run at or before as_of has this content: a re-run, its id (no new event).
-    - No run has it: the content id.
+    - No run has it, or the run is a back-fill (a later as_of exists: no events either
+      way): the content id.
     - An earlier run had it, then others replaced it (a model rollback, a reverted
       correction): a new run that follows the newest and diffs against it. Re-committing
       the earlier run would emit nothing, and the CRM, last told the newer run's tags, would
@@ -110,6 +111,9 @@ def choose_run_id(store: ScoreStore, as_of: datetime, models: dict[str, str], fi
     if head is not None and content_id_of(store, head) == content_id:
         return head.run_id, content_id
     if head is None or store.get_run(content_id) is None:
+        return content_id, content_id
+    latest = store.latest_run()
+    if latest is not None and latest.as_of > as_of:
         return content_id, content_id
     return batch_run_id(as_of, models, fingerprint, rules_digest, follows=head.run_id), content_id
 
@@ -128,6 +132,8 @@ def write_meta(store: ScoreStore, run_id: str, meta: dict[str, Any]) -> Path:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, target)
+    # Durable before the run's commit: a follow-on run's content id lives only here.
+    fsync_directory(target.parent)
     return target
 
 

@@ -125,7 +125,7 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 3000,
     host: Annotated[str, typer.Option("--host", help="Interface to bind (0.0.0.0 for all).")] = "127.0.0.1",
 ) -> None:
-    """Serve the scoring API (BentoML) with the champion models and the latest batch snapshot."""
+    """Serve the scoring API (BentoML) with the latest batch run: its snapshot and the model versions that scored it."""
     with errors_as_exit():
         from serving.tags import load_tag_rules
 

@@ -148,6 +148,24 @@ def served_run(runs: list[RunRecord], rules: TagRules) -> RunRecord:
     )
 
 
+def _warn_if_not_the_champions(run: RunRecord, settings: Any) -> None:
+    """Log when the served run's versions are not the current champions: a promotion or a
+    rollback since the run (it reaches the API through `score`, then a reload)."""
+    from training.registry import ModelNotFoundError, champions
+
+    try:
+        current = {info.name: str(info.version) for info in champions(settings)}
+    except ModelNotFoundError:
+        return
+    if current and current != run.models:
+        logger.warning(
+            "serving the model versions of batch run %s (%s); the champions are now %s: run `crm-scoring score`, then reload, to serve them",
+            run.run_id,
+            ", ".join(f"{name} v{version}" for name, version in sorted(run.models.items())),
+            ", ".join(f"{name} v{version}" for name, version in sorted(current.items())),
+        )
+
+
 def load_snapshot_view(store: ScoreStore, run: RunRecord) -> SnapshotView:
     """The snapshot of `run` as online scoring reads it."""
     path = store.snapshot_path(run.run_id)
@@ -578,6 +596,7 @@ def build_engine(
         )
     rules = load_tag_rules(tags_file)
     run = served_run(runs, rules)
+    _warn_if_not_the_champions(run, training_settings)
     # The run's versions, not the champion alias: a promotion reaches the API through a
     # batch run (then a reload), so by-id and inline answers always come from one model
     # and percentiles rank its scores among its own, and a restart between a promotion and

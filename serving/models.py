@@ -1,10 +1,11 @@
-"""The champion models as the serving side uses them (loaded once, called many times).
+"""The models as the serving side uses them (loaded once, called many times).
 
 Batch and online scoring call exactly the same objects: the model logged in MLflow
 (`CrmScoringPyfunc`, unwrapped so MLflow's per-call schema enforcement does not cost
 milliseconds per request) and, for the classifiers, `PropensityModel.explain` for reasons.
-Loading goes through `training.registry.load_champion`, so the version served is the one
-the `champion` alias pointed at when loading started.
+Loading goes through `training.registry.load_champion`: batch scoring loads the version
+the `champion` alias points at when loading starts; the API loads, by number, the
+versions that scored the batch run it serves (`load_model_set(versions=...)`).
 """
 
 from __future__ import annotations

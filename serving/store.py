@@ -141,7 +141,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     # Makes the rename itself durable (POSIX); not possible (nor needed) on Windows.
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -319,7 +319,7 @@ class ScoreStore:
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        _fsync_directory(folder)
+        fsync_directory(folder)
         return final
 
     def read_snapshot(self, run_id: str, columns: list[str] | None = None) -> pd.DataFrame:

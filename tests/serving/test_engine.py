@@ -46,6 +46,28 @@ def test_the_served_run_is_the_newest_at_the_latest_as_of_with_the_servers_rules
         served_run([older, other], rules)
 
 
+def test_serving_a_run_of_other_versions_than_the_champions_is_logged(monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    """After a promotion or a rollback, until `score` runs: the API keeps the run's versions, and says so."""
+    from types import SimpleNamespace
+
+    import training.registry
+    from serving.engine import _warn_if_not_the_champions
+
+    run = RunRecord("run_a", datetime(2025, 6, 15), datetime(2025, 6, 15, 1), None, 10, {"churn_propensity": "2", "customer_ltv": "1"})
+    champions = [SimpleNamespace(name="churn_propensity", version=1), SimpleNamespace(name="customer_ltv", version=1)]
+    monkeypatch.setattr(training.registry, "champions", lambda settings=None: champions)
+    with caplog.at_level("WARNING", logger="crm_scoring.serving"):
+        _warn_if_not_the_champions(run, None)
+    assert caplog.messages == [
+        "serving the model versions of batch run run_a (churn_propensity v2, customer_ltv v1); the champions are now "
+        "churn_propensity v1, customer_ltv v1: run `crm-scoring score`, then reload, to serve them"
+    ]
+    caplog.clear()
+    champions[0] = SimpleNamespace(name="churn_propensity", version=2)
+    _warn_if_not_the_champions(run, None)
+    assert caplog.messages == []
+
+
 @pytest.mark.parametrize(
     ("arrow_type", "value", "expected"),
     [

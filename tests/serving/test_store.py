@@ -339,3 +339,45 @@ def test_pruning_deletes_only_old_delivered_events_and_a_rerun_does_not_bring_th
     assert len(events) == 7 and old in set(events["id"])
     assert store.commit_run(record("run_2", DAY2, "run_1", 3), events) == 0
     assert store.get_event(old) is None and store.event_counts() == {"pending": 4, "delivered": 1, "dead": 1}
+
+
+def test_a_return_to_an_earlier_state_is_a_new_run_that_follows_the_newest(tmp_path: Path) -> None:
+    """`serving.batch.choose_run_id`: v1 scored, v2 scored, rolled back to v1 and scored. The
+    third is a new run after the v2 run (its events tell the CRM what changes back), not the
+    first run committed again; scoring it once more is a re-run; a back-fill keeps its state's id."""
+    from serving.batch import batch_run_id, choose_run_id, write_meta
+
+    store = ScoreStore(tmp_path / "scores")
+    clock = iter(datetime(2025, 7, 5) + timedelta(minutes=k) for k in range(100))
+    v1, v2 = {"churn_propensity": "1"}, {"churn_propensity": "2"}
+
+    def score(as_of: datetime, models: dict[str, str]) -> str:
+        run_id, content_id = choose_run_id(store, as_of, models, "data-fingerprint", "rules-abc")
+        existing = store.get_run(run_id)
+        previous = store.get_run(existing.parent_run_id) if existing and existing.parent_run_id else (
+            None if existing else store.previous_run(as_of, exclude_run_id=run_id)
+        )
+        store.write_snapshot(run_id, snapshot({"c1": "low"}))
+        write_meta(store, run_id, {"run_id": run_id, "content_id": content_id})
+        created = existing.created_at if existing else next(clock)
+        run = RunRecord(run_id, as_of, created, previous.run_id if previous else None, 1, models, "rules-abc")
+        store.commit_run(run, diff_snapshots(None, snapshot({"c1": "low"}), run_id=run_id, as_of=as_of, created_at=created))
+        return run_id
+
+    first = score(DAY2, v1)
+    assert first == batch_run_id(DAY2, v1, "data-fingerprint", "rules-abc")
+    second = score(DAY2, v2)
+    assert score(DAY2, v2) == second  # the newest state again: a re-run
+    back = score(DAY2, v1)
+    assert back not in (first, second) and store.get_run(back).parent_run_id == second  # type: ignore[union-attr]
+    assert store.latest_run().run_id == back  # type: ignore[union-attr]
+    assert score(DAY2, v1) == back and len(store.runs()) == 3
+
+    # A back-fill (DAY1 < DAY2) emits nothing, so switching states there reuses each state's run.
+    old_v1, old_v2 = score(DAY1, v1), score(DAY1, v2)
+    assert score(DAY1, v1) == old_v1 and old_v2 != old_v1
+
+    # A run written before content ids existed: its metadata has none, and its id is its content id.
+    latest = score(DAY3, v1)
+    store.snapshot_path(latest).with_suffix(".meta.json").write_text("{}")
+    assert score(DAY3, v1) == latest  # still a re-run
