@@ -11,11 +11,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from tests.serving.conftest import ADMIN_KEY, API_KEY, AS_OF, TrainedProject
@@ -151,6 +154,125 @@ def test_bad_fields_get_422_with_the_field_path(client: TestClient, customer: di
     response = client.post("/v1/score", json=body(bad), headers=AUTH)
     assert response.status_code == status, response.text
     assert loc in _loc(response), _loc(response)
+
+
+# Values a client might send by mistake, and the edges of what the schema accepts.
+_ODD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+    st.sampled_from(
+        ["", "2025-13-01", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "2025-06-01T00:00:00+14:00", "2025-06-01",
+         "2025-06-14T23:59:59.999999Z", "1970-01-01T00:00:00Z", "NaN", "1e400", "\x00", "purchase", "EUR"]
+    ),
+    st.sampled_from([-0.0, 1e308, 5e-324, 2**63, -(2**63), 2**64]),
+)
+_ODD_JSON = st.recursive(_ODD_VALUES, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)), max_leaves=5)
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """Every key / index path of a JSON value (the first 3 items of a list)."""
+    if prefix:
+        yield prefix
+    children = node.items() if isinstance(node, dict) else enumerate(node[:3]) if isinstance(node, list) else ()
+    for key, child in children:
+        yield from _paths(child, (*prefix, key))
+
+
+def _like(value: Any) -> st.SearchStrategy[Any]:
+    """Values of the kind of `value`: timestamps before the request's as_of, amounts, texts, flags."""
+    if isinstance(value, bool):
+        return st.booleans()
+    if isinstance(value, int | float):
+        return st.one_of(st.floats(min_value=0, max_value=1e6), st.sampled_from([0, 0.01, 5e-324]))
+    if isinstance(value, str) and re.fullmatch(r"\d{4}-\d\d-\d\dT.*", value):
+        instants = st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2025, 6, 14, 23, 59, 59))
+        return instants.map(lambda t: t.isoformat() + "Z")
+    if isinstance(value, str):
+        return st.text(st.characters(exclude_categories=("Cc", "Cs")), min_size=1, max_size=12)
+    if isinstance(value, list):
+        return st.just(value[1:])  # one item fewer
+    return st.just(value)
+
+
+@st.composite
+def _mutated(draw: st.DrawFn, valid: dict[str, Any]) -> dict[str, Any]:
+    """`valid` with 1-4 random edits: a value replaced or deleted, an unknown key added, a list item repeated."""
+    mutated = json.loads(json.dumps(valid))
+    for _ in range(draw(st.integers(1, 4))):
+        paths = list(_paths(mutated))
+        if not paths:  # everything deleted
+            break
+        path = draw(st.sampled_from(paths))
+        parent = mutated
+        for key in path[:-1]:
+            parent = parent[key]
+        key, edit = path[-1], draw(st.sampled_from(["like", "like", "replace", "delete", "add", "repeat"]))
+        if edit == "like":  # a value of the same kind, mostly still valid: scoring sees odd data
+            parent[key] = draw(_like(parent[key]))
+        elif edit == "replace":
+            parent[key] = draw(_ODD_JSON)
+        elif edit == "delete":
+            del parent[key]
+        elif edit == "add" and isinstance(parent, dict):
+            parent[draw(st.text(max_size=6))] = draw(_ODD_JSON)
+        elif edit == "repeat" and isinstance(parent[key], list) and parent[key]:
+            parent[key].append(parent[key][0])
+    return mutated
+
+
+def _check_answer(response: httpx.Response, sent: Any) -> None:
+    """What holds for any request: no 5xx; a 422 names field paths under the body; a 200 answers every customer."""
+    event(f"status {response.status_code}")  # --hypothesis-show-statistics shows the mix
+    assert response.status_code in (200, 413, 422), response.text
+    if response.status_code == 422:
+        locations = _loc(response)
+        assert locations and all(loc[0] == "body" for loc in locations), response.text
+    elif response.status_code == 200:
+        answered = [r["customer_id"] for r in response.json()["results"]]
+        assert answered == [c["customer_id"] for c in sent["customers"]]
+
+
+def test_no_edit_of_a_valid_body_gets_a_server_error(client: TestClient, customer: dict[str, Any]) -> None:
+    """Property: random edits anywhere in a valid request (wrong types, missing and unknown
+    fields, edge values, repeated items) get a 200, 413 or 422 with field paths, never a 5xx."""
+    other = {
+        **customer,
+        "customer_id": "other-customer",
+        "orders": [{**o, "order_id": f"{o['order_id']}-b"} for o in customer["orders"]],
+        "events": [{**e, "event_id": f"{e['event_id']}-b"} for e in customer["events"] if "event_id" in e],
+    }
+    valid = body(customer, other)
+    assert client.post("/v1/score", json=valid, headers=AUTH).status_code == 200
+
+    @settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(_mutated(valid))
+    def check(sent: dict[str, Any]) -> None:
+        response = client.post("/v1/score", content=json.dumps(sent).encode(), headers={**AUTH, "Content-Type": "application/json"})
+        _check_answer(response, sent)
+
+    check()
+
+
+def test_no_corruption_of_a_valid_body_gets_a_server_error(client: TestClient, customer: dict[str, Any]) -> None:
+    """Property: a valid body with a slice replaced by random bytes (truncated, broken
+    UTF-8, stray brackets) gets a 200 or 422, never a 5xx."""
+    valid = json.dumps(body(customer)).encode()
+
+    @settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(st.integers(0, len(valid)), st.integers(0, len(valid)), st.binary(max_size=6))
+    def check(start: int, end: int, junk: bytes) -> None:
+        start, end = sorted((start, end))
+        sent = valid[:start] + junk + valid[end:]
+        response = client.post("/v1/score", content=sent, headers={**AUTH, "Content-Type": "application/json"})
+        event(f"status {response.status_code}")
+        assert response.status_code in (200, 422), response.text
+        if response.status_code == 422:
+            assert all(loc[0] == "body" for loc in _loc(response)), response.text
+
+    check()
 
 
 def test_the_openapi_document_describes_the_score_body(client: TestClient) -> None:
