@@ -1,7 +1,9 @@
-"""Turn rows of a profile folder into `POST /v1/score` request bodies.
+"""Turn rows of a profile store into `POST /v1/score` request bodies.
 
 Used by the parity tests and the online benchmark, and handy for trying the API on a
-profile store: the request carries exactly what the batch read for those customers.
+profile store: the request carries the rows the batch reads for those customers. Any
+profile store `crm-scoring score` reads works: a folder of Parquet or CSV tables (events
+may be absent) or a DuckDB file, read by the batch's own reader (`features.io`).
 """
 
 from __future__ import annotations
@@ -12,11 +14,19 @@ from typing import Any
 
 import pandas as pd
 
+from features.backend import connect
+from features.io import read_raw_profile
+from features.validation import ROW
+
 PROFILE_KEYS = {"customer_id", "created_at"}
 
 
 def iso_utc(value: Any) -> str:
-    return pd.Timestamp(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """ISO 8601 in UTC with a "Z" (a naive time is UTC, as in the profile contract)."""
+    stamp = pd.Timestamp(value)
+    if stamp.tzinfo is not None:
+        stamp = stamp.tz_convert("UTC")
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def json_value(value: Any) -> Any:
@@ -27,16 +37,33 @@ def json_value(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def _rows_of(profile: Path, customer_ids: list[str]) -> dict[str, pd.DataFrame | None]:
+    """The raw rows of these customers per table (None for an absent table), in file order."""
+    con = connect()
+    try:
+        tables = {}
+        for name, table in read_raw_profile(con, profile).items():
+            if table is None:
+                tables[name] = None
+                continue
+            selected = table.filter(table.customer_id.cast("string").isin(customer_ids)).order_by(ROW).drop(ROW)
+            rows = selected.to_pyarrow().to_pandas()
+            rows["customer_id"] = rows["customer_id"].astype(str)
+            tables[name] = rows
+        return tables
+    finally:
+        con.disconnect()
+
+
 def inline_customers(profile: Path | str, customer_ids: list[str]) -> list[dict[str, Any]]:
-    """The request's `customers` list for these ids, with every order and event of each
-    (a Parquet profile folder: `customers.parquet`, `orders.parquet`, `events.parquet`)."""
-    profile = Path(profile)
-    customers = pd.read_parquet(profile / "customers.parquet")
-    orders = pd.read_parquet(profile / "orders.parquet")
-    events = pd.read_parquet(profile / "events.parquet")
-    wanted = customers[customers.customer_id.isin(customer_ids)]
-    order_groups = dict(tuple(orders[orders.customer_id.isin(customer_ids)].groupby("customer_id")))
-    event_groups = dict(tuple(events[events.customer_id.isin(customer_ids)].groupby("customer_id")))
+    """The request's `customers` list for these ids, with every order and event of each,
+    in the customers table's order (ids not in it are left out)."""
+    customer_ids = [str(c) for c in customer_ids]
+    tables = _rows_of(Path(profile), customer_ids)
+    wanted, orders, events = tables["customers"], tables["orders"], tables["events"]
+    assert wanted is not None and orders is not None  # read_raw_profile requires both
+    order_groups = dict(tuple(orders.groupby("customer_id")))
+    event_groups = dict(tuple(events.groupby("customer_id"))) if events is not None else {}
     body = []
     for row in wanted.to_dict(orient="records"):
         cid = row["customer_id"]
@@ -50,7 +77,7 @@ def inline_customers(profile: Path | str, customer_ids: list[str]) -> list[dict[
         if cid in order_groups:
             for o in order_groups[cid].to_dict(orient="records"):
                 order = {
-                    "order_id": o["order_id"],
+                    "order_id": str(o["order_id"]),
                     "ordered_at": iso_utc(o["ordered_at"]),
                     "amount": float(o["amount"]),
                 }
@@ -59,7 +86,7 @@ def inline_customers(profile: Path | str, customer_ids: list[str]) -> list[dict[
         if cid in event_groups:
             for e in event_groups[cid].to_dict(orient="records"):
                 event = {"occurred_at": iso_utc(e["occurred_at"]), "event_type": e["event_type"]}
-                event.update({k: json_value(e[k]) for k in ("event_id", "channel") if k in e and json_value(e[k]) is not None})
+                event.update({k: str(json_value(e[k])) for k in ("event_id", "channel") if k in e and json_value(e[k]) is not None})
                 customer["events"].append(event)
         body.append(customer)
     return body
