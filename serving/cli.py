@@ -7,6 +7,7 @@ Heavy libraries are imported inside the commands so `--help` stays fast.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +32,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def _check_environment() -> None:
+    """Say which `CRMSCORE_` variables no setting reads (a misspelt one would do nothing)."""
+    from serving.settings import unknown_variables
+
+    for line in unknown_variables(os.environ):
+        console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+
 data_app = typer.Typer(help="Generate, import and validate unified-profile data.", no_args_is_help=True)
 features_app = typer.Typer(help="Build point-in-time feature tables.", no_args_is_help=True)
 models_app = typer.Typer(help="List, promote and roll back the registered models (MLflow aliases).", no_args_is_help=True)

@@ -36,6 +36,7 @@ import asyncio
 import gc
 import hmac
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -55,7 +56,7 @@ from starlette.requests import ClientDisconnect
 from serving import bentoml_fixes
 from serving.events import json_timestamp
 from serving.schemas import ModelsResponse, ScoreByIdRequest, ScoreByIdResponse, ScoreRequest, ScoreResponse
-from serving.settings import ServingSettings
+from serving.settings import ServingSettings, unknown_variables
 
 logger = logging.getLogger("crm_scoring.serving")
 
@@ -309,6 +310,8 @@ class CrmScoring:
         from training.config import TrainingSettings
 
         self.settings = ServingSettings()
+        for line in unknown_variables(os.environ):  # `bentoml serve` run directly has no CLI to say it
+            logger.warning("%s", line)
         self.training_settings = TrainingSettings()
         self.feature_params = Settings().feature_params()
         app.state.settings = self.settings

@@ -7,8 +7,10 @@ command, the service) and pass it in.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -115,3 +117,30 @@ class ServingSettings(BaseSettings):
     def resolved_admin_keys(self) -> list[str]:
         """Admin keys from CRMSCORE_ADMIN_KEYS and CRMSCORE_ADMIN_KEYS_FILE."""
         return _keys(self.admin_keys, self.admin_keys_file, "CRMSCORE_ADMIN_KEYS_FILE")
+
+
+PREFIX = "CRMSCORE_"
+
+
+def known_variables() -> frozenset[str]:
+    """Every `CRMSCORE_` variable some settings object reads (features, training, serving)."""
+    from features.settings import Settings
+    from training.config import TrainingSettings
+
+    return frozenset(f"{PREFIX}{name.upper()}" for cls in (Settings, TrainingSettings, ServingSettings) for name in cls.model_fields)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per `CRMSCORE_` variable that no setting reads, with the nearest known name.
+
+    The three settings objects each ignore the others' variables, so a misspelt one
+    (`CRMSCORE_API_KEY` for `CRMSCORE_API_KEYS`) would otherwise be dropped without a word.
+    Names are matched without regard to case, as the settings read them.
+    """
+    known = known_variables()
+    lines = []
+    for variable in sorted(v for v in environ if v.upper().startswith(PREFIX) and v.upper() not in known):
+        close = difflib.get_close_matches(variable.upper(), known, n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        lines.append(f"{variable} is not a crm-scoring setting and is ignored{hint}")
+    return lines

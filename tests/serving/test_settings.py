@@ -1,12 +1,19 @@
-"""API keys from the environment or a file (serving.settings), and the guard that checks them."""
+"""Settings from the environment (serving.settings): API keys from a variable or a file,
+the guard that checks them, and the warning for variables no setting reads."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from serving.settings import ServingSettings, SettingsError
+from serving.settings import ServingSettings, SettingsError, known_variables, unknown_variables
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_keys_from_the_variable_and_the_file_one_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,3 +66,39 @@ def test_without_configured_keys_every_v1_call_is_refused() -> None:
         ]
     finally:
         service.app.state.keys = saved
+
+
+def test_a_misspelt_variable_is_named_with_the_setting_it_resembles() -> None:
+    environ = {
+        "CRMSCORE_API_KEY": "k",  # the setting is CRMSCORE_API_KEYS
+        "CRMSCORE_WEBHOOK_SECRETS": "s",
+        "CRMSCORE_SOMETHING_ELSE": "1",
+        "CRMSCORE_API_KEYS": "k",
+        "crmscore_store_dir": "/data/scores",  # the settings read names in any case
+        "CRMSCORE_TRACKING_URI": "sqlite:///x.db",  # training's setting
+        "CRMSCORE_PII_COLUMNS": '["email"]',  # the features' setting
+        "MLFLOW_TRACKING_URI": "sqlite:///x.db",
+    }
+
+    assert unknown_variables(environ) == [
+        "CRMSCORE_API_KEY is not a crm-scoring setting and is ignored; did you mean CRMSCORE_API_KEYS?",
+        "CRMSCORE_SOMETHING_ELSE is not a crm-scoring setting and is ignored",
+        "CRMSCORE_WEBHOOK_SECRETS is not a crm-scoring setting and is ignored; did you mean CRMSCORE_WEBHOOK_SECRET?",
+    ]
+
+
+def test_every_variable_the_docs_name_is_a_setting() -> None:
+    documented = set()
+    for page in ("README.md", "BENCHMARKS.md"):
+        documented |= set(re.findall(r"CRMSCORE_[A-Z_]*[A-Z]", (REPO / page).read_text(encoding="utf-8")))
+    documented -= {"CRMSCORE_ONLINE", "CRMSCORE_BATCH"}  # "CRMSCORE_ONLINE_*"-style families of names
+    assert documented and documented <= known_variables(), sorted(documented - known_variables())
+
+
+def test_the_cli_warns_about_a_misspelt_variable() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CRMSCORE_")}
+    env["CRMSCORE_ADMIN_KEY"] = "k"
+    cli = str(Path(sys.executable).with_name("crm-scoring"))
+    result = subprocess.run([cli, "models", "--help"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "warning: CRMSCORE_ADMIN_KEY is not a crm-scoring setting and is ignored; did you mean CRMSCORE_ADMIN_KEYS?" in result.stderr
