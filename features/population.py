@@ -34,4 +34,5 @@ def restrict_to_before(profile: Profile, cutoff: datetime) -> Profile:
         orders=profile.orders.filter(profile.orders.ordered_at < limit),
         events=profile.events.filter(profile.events.occurred_at < limit),
         attribute_columns=profile.attribute_columns,
+        currency=profile.currency,
     )

@@ -376,8 +376,9 @@ def _empty_events() -> ibis.Table:
     return ibis.memtable(schema.empty_table())
 
 
-def _currency_check(orders: ibis.Table, notes: list[str]) -> ibis.Table:
-    """One currency per profile: the most common one wins, other rows are rejected."""
+def _currency_check(orders: ibis.Table, notes: list[str]) -> tuple[ibis.Table, str | None]:
+    """One currency per profile: the most common one wins, other rows are rejected.
+    Returns the orders and the profile's currency (None when no order names one)."""
     currencies = (
         orders.filter(orders.currency.notnull())
         .group_by("currency")
@@ -387,20 +388,21 @@ def _currency_check(orders: ibis.Table, notes: list[str]) -> ibis.Table:
         .to_pylist()
     )
     if len(currencies) <= 1:
-        return orders
+        return orders, (currencies[0]["currency"] if currencies else None)
     main = currencies[0]["currency"]
     notes.append(
         "orders.currency: mixed currencies "
         + ", ".join(f"{c['currency']} ({c['n']} rows)" for c in currencies)
         + f"; the profile currency is taken to be {main} and other rows are rejected"
     )
-    return _reject_where(
+    rejected = _reject_where(
         orders,
         orders.currency.notnull() & (orders.currency != main),
         "currency",
         "mixed_currency",
         "currency " + orders.currency + f" differs from the profile currency {main}",
     )
+    return rejected, main
 
 
 def _dedupe_events(events: ibis.Table) -> tuple[ibis.Table, int]:
@@ -526,8 +528,9 @@ def validate_profile(
         "amount " + orders.amount.cast("string") + f" is above {MAX_AMOUNT:g} (a unit error?)",
     )
     orders = _reject_duplicates(orders, "order_id")
+    currency = None
     if "currency" in tables["orders"].columns:
-        orders = _currency_check(orders, notes)
+        orders, currency = _currency_check(orders, notes)
     finish("orders", _reject_unknown_customers(orders, valid_ids, rejected_customers))
     finish("events", _reject_unknown_customers(_with_row_checks(tables["events"], EVENTS, []), valid_ids, rejected_customers))
 
@@ -543,7 +546,7 @@ def validate_profile(
         reports.append(table_report)
         problems.extend(table_problems)
     report = ValidationReport(tuple(reports), tuple(problems), max_reject_share, tuple(notes))
-    profile = Profile(clean["customers"], clean["orders"], clean["events"], tuple(attribute_columns))
+    profile = Profile(clean["customers"], clean["orders"], clean["events"], tuple(attribute_columns), currency)
     return ValidationResult(profile, rejects, report)
 
 

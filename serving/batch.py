@@ -22,7 +22,7 @@ leaves the previous run and the outbox as they were.
 
 Next to each snapshot, `<run_id>.meta.json` keeps what online scoring needs to agree with
 the batch: the RFM score edges of this population (a single customer has no population
-to be ranked in) and the model versions; `<run_id>.features.parquet` keeps the feature
+to be ranked in), its currency and the model versions; `<run_id>.features.parquet` keeps the feature
 rows, from which `/v1/score/by-id` computes reasons for the few rows asked for (explaining
 a million rows in the batch would cost minutes).
 """
@@ -50,7 +50,7 @@ from features.population import restrict_to_before
 from features.profile import Profile
 from features.timeutil import to_utc_naive
 from serving.events import diff_snapshots
-from serving.models import ModelSet, check_attribute_inputs
+from serving.models import ModelSet, check_attribute_inputs, check_currency
 from serving.scoring import KEY, score_features
 from serving.store import RunRecord, ScoreStore, fsync_directory
 from serving.tags import TagRules
@@ -188,6 +188,7 @@ def score_profile(
 
     as_of = to_utc_naive(as_of)
     check_attribute_inputs(models, feature_params.attributes)
+    check_currency(models, profile.currency)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -247,6 +248,8 @@ def score_profile(
             "as_of": as_of.isoformat(),
             "models": models.versions,
             "rfm_score_edges": asdict(edges) if edges else None,
+            # The population's currency: /v1/score refuses orders in another one.
+            "currency": profile.currency,
         },
     )
     record = RunRecord(

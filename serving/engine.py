@@ -333,6 +333,9 @@ class ScoringEngine:
         order_ids: set[str] = set()
         attributes = self.builder.attributes
         by_name = {a.name: a for a in attributes}
+        # The batch-scored population's currency (runs from before it was recorded: none):
+        # amounts are never converted, so an order in another currency would be misread.
+        population_currency = self.snapshot.meta.get("currency") if self.snapshot is not None else None
         customer_cols: dict[str, list[Any]] = {"customer_id": [], "created_at": [], **{a.name: [] for a in attributes}}
         order_cols: dict[str, list[Any]] = {n: [] for n in ("order_id", "customer_id", "ordered_at", "amount", "status", "category", "currency")}
         event_cols: dict[str, list[Any]] = {n: [] for n in ("customer_id", "occurred_at", "event_type", "event_id", "channel")}
@@ -368,6 +371,16 @@ class ScoringEngine:
             currencies = {o.currency for o in orders if o.currency}
             if len(currencies) > 1:
                 problems.append((("body", "customers", i, "orders"), f"mixed currencies {sorted(currencies)}"))
+            if population_currency is not None and currencies - {population_currency}:
+                problems += [
+                    (
+                        ("body", "customers", i, "orders", j, "currency"),
+                        f"currency {o.currency} differs from {population_currency}, the currency of the scored population "
+                        "and the models (amounts are not converted)",
+                    )
+                    for j, o in enumerate(orders)
+                    if o.currency and o.currency != population_currency
+                ]
             ids = [o.order_id for o in orders]
             if len(set(ids)) == len(ids) and order_ids.isdisjoint(ids):
                 order_ids.update(ids)

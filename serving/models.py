@@ -62,6 +62,8 @@ class ServedModel:
     predict_with_reasons: Callable[[pd.DataFrame, int], tuple[np.ndarray, list[list[dict[str, Any]]]]] | None = None
     #: customer_ltv: the horizon of its CLV and expected purchases (days).
     clv_horizon_days: int | None = None
+    #: The currency of the training profile's amounts (None: not recorded, or none named).
+    currency: str | None = None
 
     @property
     def prefix(self) -> str:
@@ -83,6 +85,8 @@ class ServedModel:
         }
         if self.clv_horizon_days is not None:
             entry["clv_horizon_days"] = self.clv_horizon_days
+        if self.currency is not None:
+            entry["currency"] = self.currency
         return entry
 
 
@@ -130,6 +134,25 @@ def check_attribute_inputs(models: ModelSet, params: AttributeParams) -> None:
         )
 
 
+class CurrencyMismatchError(CrmScoringError):
+    """A profile's amounts are in another currency than a model learned from."""
+
+
+def check_currency(models: ModelSet, currency: str | None) -> None:
+    """Raise `CurrencyMismatchError` when a model learned from amounts in another currency
+    than `currency` (the profile's): amounts are never converted, so its values and CLVs
+    would be off by the exchange rate. Unknown on either side (a profile or a model from
+    before the currency was recorded, orders without one): no check."""
+    if currency is None:
+        return
+    others = [f"{m.name} v{m.version} in {m.currency}" for m in models.models.values() if m.currency not in (None, currency)]
+    if others:
+        raise CurrencyMismatchError(
+            f"the profile's amounts are in {currency}, but the models learned from amounts in another currency "
+            f"({', '.join(others)}); amounts are never converted: convert the profile, or train on it"
+        )
+
+
 def _input_types(pyfunc: Any) -> dict[str, str]:
     schema = pyfunc.metadata.get_input_schema()
     if schema is None:
@@ -166,6 +189,7 @@ def served_model(champion: Any, threads: int | None = None) -> ServedModel:
         explain=explain if callable(explain) else None,
         predict_with_reasons=together if callable(together) else None,
         clv_horizon_days=getattr(ltv_model, "horizon_days", None),
+        currency=champion.currency,
     )
 
 

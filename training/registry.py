@@ -117,6 +117,8 @@ class ModelVersionInfo:
     greater_is_better: bool = True
     metrics: dict[str, float] = field(default_factory=dict)
     created_at: datetime | None = None
+    #: The currency of the training profile's amounts (None: not recorded, or no order named one).
+    currency: str | None = None
 
     @property
     def is_champion(self) -> bool:
@@ -146,6 +148,7 @@ class ChampionModel:
     horizon_days: int | None
     metrics: dict[str, float]
     model: Any  # mlflow.pyfunc.PyFuncModel
+    currency: str | None = None  # of the training profile's amounts
 
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:
         return self.model.predict(features)
@@ -600,6 +603,7 @@ def _info(client: MlflowClient, mv: ModelVersion, aliases: dict[str, list[str]])
         greater_is_better=tags.get(tracking.TAG_GREATER_IS_BETTER, "true").lower() == "true",
         metrics=metrics,
         created_at=created,
+        currency=tags.get(tracking.TAG_CURRENCY),
     )
 
 
@@ -664,4 +668,4 @@ def load_champion(name: str, settings: TrainingSettings | None = None, version: 
         model = _load_pyfunc(f"models:/{name}/{version}")  # the version read above, even if the alias moves
     except Exception as exc:  # noqa: BLE001 - report any load failure as one line
         raise RegistryError(f"{name} {what} v{version} cannot be loaded: {tracking.first_line(exc)}") from exc
-    return ChampionModel(name, version, mv.run_id, info.as_of, info.horizon_days, info.metrics, model)
+    return ChampionModel(name, version, mv.run_id, info.as_of, info.horizon_days, info.metrics, model, info.currency)

@@ -57,3 +57,6 @@ class TrainingResult:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     figures: dict[str, object] = field(default_factory=dict)  # name -> matplotlib Figure
     notes: list[str] = field(default_factory=list)
+    #: The currency of the training profile's amounts (None when no order names one); scoring
+    #: refuses a profile in another currency, since amounts are never converted.
+    currency: str | None = None

@@ -71,6 +71,7 @@ TAG_GREATER_IS_BETTER = "crm.greater_is_better"
 TAG_LABEL_COLUMN = "crm.label_column"
 TAG_ROWS_PREFIX = "crm.rows."
 TAG_PRIMARY_VALUE = "crm.primary_metric_value"  # model-version tag
+TAG_CURRENCY = "crm.currency"  # the training profile's currency, when its orders name one
 #: MLflow shows this run tag as the run's description.
 TAG_RUN_NOTE = "mlflow.note.content"
 
@@ -221,6 +222,8 @@ def run_tags(result: TrainingResult) -> dict[str, str]:
         TAG_LABEL_COLUMN: LABEL_COLUMNS[result.model_name],
     }
     tags.update({f"{TAG_ROWS_PREFIX}{name}": str(int(count)) for name, count in result.row_counts.items()})
+    if result.currency is not None:
+        tags[TAG_CURRENCY] = result.currency
     return tags
 
 
@@ -558,7 +561,7 @@ def _version_tags(result: TrainingResult) -> dict[str, str]:
         TAG_PRIMARY_METRIC: primary.name,
         TAG_GREATER_IS_BETTER: str(bool(primary.greater_is_better)).lower(),
         TAG_PRIMARY_VALUE: repr(float(result.metrics[primary.name])),
-    }
+    } | ({TAG_CURRENCY: result.currency} if result.currency is not None else {})
 
 
 def _version_description(result: TrainingResult, run_id: str) -> str:

@@ -256,6 +256,14 @@ def test_mixed_currencies_are_reported(tmp_path: Path) -> None:
     loaded = load(folder)
     assert any("mixed currencies USD (8 rows), EUR (2 rows)" in note for note in loaded.report.notes)
     assert loaded.report.tables[1].rows_rejected == 2
+    assert loaded.profile.currency == "USD"  # what the models and scores are in
+
+
+def test_the_profile_currency_is_known_or_none(tmp_path: Path) -> None:
+    assert load(write_profile(tmp_path / "usd")).profile.currency == "USD"
+    assert load(write_profile(tmp_path / "none", orders=GOOD_ORDERS.drop(columns="currency"))).profile.currency is None
+    blank = GOOD_ORDERS.assign(currency=None)
+    assert load(write_profile(tmp_path / "blank", orders=blank)).profile.currency is None
 
 
 def test_timestamps_with_offsets_become_utc_and_naive_ones_are_utc(tmp_path: Path) -> None:

@@ -107,6 +107,7 @@ def test_corrected_data_and_its_revert_at_the_same_as_of_are_new_runs_with_their
     back = store.latest_run()
     assert back is not None and back.run_id not in (latest.run_id, corrected.run_id) and back.parent_run_id == corrected.run_id
     assert read_meta(store, back.run_id)["content_id"] == read_meta(store, latest.run_id)["content_id"] == latest.run_id
+    assert read_meta(store, back.run_id)["currency"] == "USD"  # /v1/score refuses orders in another one
     back_tags = store.read_snapshot(back.run_id).set_index("customer_id")["tag_value_tier"]
     entered = {e["customer_id"] for e in store.iter_events() if e["run_id"] == back.run_id and e["type"] == "tag.entered" and e["name"] == "value_tier" and e["value"] == "top"}
     assert entered and entered == {c for c in changed if back_tags[c] == "top"}
@@ -115,6 +116,24 @@ def test_corrected_data_and_its_revert_at_the_same_as_of_are_new_runs_with_their
     again = trained_project.run("score", "--profile", str(profile), "--as-of", AS_OF, "--out", str(folder))
     assert "re-run of an existing run" in " ".join(again.stdout.split()) and "0 new event(s)" in " ".join(again.stdout.split())
     assert store.latest_run() == back and store.event_counts() == events_now
+
+
+def test_a_profile_in_another_currency_than_the_models_is_refused(trained_project: TrainedProject, tmp_path: Path) -> None:
+    """Amounts are never converted: EUR orders scored by models that learned from USD would
+    be read as dollars. `score` stops with one line and writes nothing."""
+    profile = tmp_path / "profile"
+    shutil.copytree(trained_project.profile, profile)
+    orders = pq.read_table(profile / "orders.parquet").to_pandas()
+    orders.assign(currency="EUR").to_parquet(profile / "orders.parquet", index=False)
+    folder = tmp_path / "scores"
+
+    refused = trained_project.run("score", "--profile", str(profile), "--as-of", AS_OF, "--out", str(folder), check=False)
+
+    assert refused.returncode != 0
+    message = " ".join(refused.stderr.split())
+    assert "the profile's amounts are in EUR, but the models learned from amounts in another currency" in message, message
+    assert "churn_propensity v1 in USD" in message and "convert the profile, or train on it" in message
+    assert not ScoreStore(folder).exists() or not ScoreStore(folder).runs()
 
 
 def test_score_and_the_api_keep_the_configured_pii_columns_out_of_the_features(trained_project: TrainedProject, tmp_path: Path) -> None:

@@ -10,14 +10,15 @@ import pandas as pd
 import pytest
 
 from features.families.attributes import AttributeParams
-from serving.models import ModelLoadError, ModelSet, ServedModel, check_attribute_inputs, served_model
+from serving.models import CurrencyMismatchError, ModelLoadError, ModelSet, ServedModel, check_attribute_inputs, check_currency, served_model
 
 
 def _champion(wrapper: Any) -> SimpleNamespace:
     """A stand-in for `training.registry.ChampionModel` around a pyfunc wrapper."""
     pyfunc = SimpleNamespace(unwrap_python_model=lambda: wrapper, metadata=SimpleNamespace(get_input_schema=lambda: None))
     return SimpleNamespace(
-        model=pyfunc, name="churn_propensity", version=7, run_id="run-1", as_of="2025-06-15", horizon_days=90, metrics={"roc_auc": 0.8}
+        model=pyfunc, name="churn_propensity", version=7, run_id="run-1", as_of="2025-06-15", horizon_days=90, metrics={"roc_auc": 0.8},
+        currency="USD",
     )
 
 
@@ -78,3 +79,20 @@ def test_a_model_reading_an_attribute_now_declared_pii_is_refused_by_name():
     # A timestamp attribute's feature is its age; names are compared normalised.
     with pytest.raises(ModelLoadError, match=r"lead_scoring reads attr_signed_up_age_days"):
         check_attribute_inputs(models, AttributeParams(exclude_columns=("Signed Up",)))
+
+
+def test_a_profile_in_another_currency_than_a_model_learned_from_is_refused() -> None:
+    from dataclasses import replace
+
+    churn, ltv, lead = _model("churn_propensity"), _model("customer_ltv"), _model("lead_scoring")
+    models = ModelSet({"churn_propensity": replace(churn, currency="USD"), "customer_ltv": replace(ltv, currency="USD"), "lead_scoring": lead})
+
+    check_currency(models, "USD")
+    check_currency(models, None)  # orders without a currency: nothing to compare
+    with pytest.raises(CurrencyMismatchError) as error:
+        check_currency(models, "EUR")
+    assert str(error.value) == (
+        "the profile's amounts are in EUR, but the models learned from amounts in another currency "
+        "(churn_propensity v1 in USD, customer_ltv v1 in USD); amounts are never converted: convert the profile, or train on it"
+    )
+    check_currency(ModelSet({"lead_scoring": lead}), "EUR")  # a model from before the currency was recorded

@@ -109,6 +109,7 @@ def test_models_endpoint(client: TestClient) -> None:
     # customer_ltv's answers forecast over its CLV horizon, not its training run's holdout.
     ltv = next(m for m in response.json()["models"] if m["name"] == "customer_ltv")
     assert "clv_horizon_days" in ltv and "clv_horizon_days" not in churn
+    assert churn["currency"] == ltv["currency"] == "USD"  # of the training profile's amounts
 
 
 def _loc(response: httpx.Response) -> list[list[Any]]:
@@ -129,6 +130,8 @@ def _loc(response: httpx.Response) -> list[list[Any]]:
         (lambda c: c.update(events=[{"occurred_at": "2025-01-01T00:00:00Z"}]), 422, ["body", "customers", 0, "events", 0, "event_type"]),
         (lambda c: c.update(events=[{"occurred_at": "2099-01-01T00:00:00+05:00", "event_type": "x"}, *c["events"]]), 422, ["body", "customers", 0, "events", 0, "occurred_at"]),
         (lambda c: c.update(loyalty=1), 422, ["body", "customers", 0, "loyalty"]),
+        # Amounts are never converted: the batch population and the models are in USD.
+        (lambda c: [o.update(currency="EUR") for o in c["orders"]], 422, ["body", "customers", 0, "orders", 0, "currency"]),
         (lambda c: c.update(orders="none"), 422, ["body", "customers", 0, "orders"]),
         (lambda c: c["attributes"].update(industry=5), 422, ["body", "customers", 0, "attributes", "industry"]),
         (lambda c: c["orders"].insert(1, dict(c["orders"][0])), 422, ["body", "customers", 0, "orders", 1, "order_id"]),

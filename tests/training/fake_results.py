@@ -123,6 +123,7 @@ def classifier_result(
         tables={"lift": pd.DataFrame({"decile": [1, 2], "lift": [2.0, 1.5]})},
         figures={"roc": _figure("ROC"), "calibration": _figure("calibration")},
         notes=["fake result for tests"],
+        currency="USD",
     )
 
 

@@ -192,6 +192,7 @@ def test_champion_pyfunc_returns_the_in_process_probabilities(settings: Training
     np.testing.assert_allclose(served.predict(features)["probability"].to_numpy(), in_process, rtol=0, atol=1e-9)
     loaded = load_champion(NAME, settings)
     assert loaded.version == better.version and loaded.as_of == "2025-07-01 00:00:00"
+    assert loaded.currency == "USD"  # what `score` compares with the profile's
     assert loaded.metrics["val_roc_auc"] == pytest.approx(better.result.metrics["val_roc_auc"])
     np.testing.assert_allclose(loaded.predict(features)["probability"].to_numpy(), in_process, rtol=0, atol=1e-9)
 

@@ -150,6 +150,7 @@ def test_model_version_registered_with_tags(settings: TrainingSettings, logged) 
     assert mv.tags["crm.primary_metric"] == "val_roc_auc"
     assert float(mv.tags["crm.primary_metric_value"]) == result.metrics["val_roc_auc"]
     assert mv.tags["crm.as_of"] == "2025-07-01 00:00:00"
+    assert mv.tags["crm.currency"] == "USD"  # scoring refuses a profile in another currency
 
 
 def test_logged_model_signature_requirements_and_code(settings: TrainingSettings, logged, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
