@@ -454,6 +454,19 @@ def promote(
         _set_champion(client, name, version, None, decision.reason)
         return decision
 
+    # Amounts are never converted: the gate would compare the champion's predictions on rows
+    # in a currency it never saw, and `score` refuses a profile that does not match its models.
+    currencies = (mv.tags or {}).get(tracking.TAG_CURRENCY), (client.get_model_version(name, champion).tags or {}).get(tracking.TAG_CURRENCY)
+    if None not in currencies and currencies[0] != currencies[1]:
+        return PromotionDecision(
+            name,
+            version,
+            False,
+            f"v{version} learned from amounts in {currencies[0]}, champion v{champion} in {currencies[1]}: the gate cannot "
+            f"compare them; when the profile changed currency: crm-scoring models promote {name} {version} --force",
+            champion_version=champion,
+        )
+
     metric, greater, label = _gate_facts(client, mv)
     floor = _floor_of(client, mv, metric, greater, settings)
     frame = _validation_frame(mv, validation, settings)

@@ -134,6 +134,28 @@ def test_force_moves_champion_past_the_gate(settings: TrainingSettings, churn: d
     assert champion(settings) == churn["worse"].version
 
 
+def test_a_candidate_in_another_currency_needs_force(settings: TrainingSettings, churn: dict[str, Logged]) -> None:
+    from dataclasses import replace
+
+    from training.registry import promote
+    from training.tracking import log_training_result
+
+    reset(settings)
+    promote(NAME, churn["mid"].version, settings=settings)
+    in_euros = replace(churn["better"].result, currency="EUR")
+    version = log_training_result(in_euros, settings)[1]
+    before = state(settings)
+
+    refused = promote(NAME, version, settings=settings)
+
+    assert not refused.promoted and state(settings) == before
+    assert refused.reason == (
+        f"v{version} learned from amounts in EUR, champion v{churn['mid'].version} in USD: the gate cannot compare them; "
+        f"when the profile changed currency: crm-scoring models promote {NAME} {version} --force"
+    )
+    assert promote(NAME, version, force=True, settings=settings).promoted
+
+
 def test_tolerance_lets_a_slightly_worse_candidate_through(settings: TrainingSettings, churn: dict[str, Logged]) -> None:
     from training.registry import promote
 
