@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -52,7 +51,7 @@ from features.timeutil import to_utc_naive
 from serving.events import diff_snapshots
 from serving.models import ModelSet, check_attribute_inputs, check_currency
 from serving.scoring import KEY, score_features
-from serving.store import RunRecord, ScoreStore, fsync_directory
+from serving.store import RunRecord, ScoreStore, fsync_directory, temp_path
 from serving.tags import TagRules
 from training.train import data_fingerprint
 
@@ -126,12 +125,16 @@ def write_meta(store: ScoreStore, run_id: str, meta: dict[str, Any]) -> Path:
     """The run's metadata file, written to a temp name and renamed (never half-written)."""
     target = meta_path(store, run_id)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".meta-", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(meta, handle, sort_keys=True, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
+    tmp = temp_path(target)
+    try:
+        with open(tmp, "w") as handle:
+            json.dump(meta, handle, sort_keys=True, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     # Durable before the run's commit: a follow-on run's content id lives only here.
     fsync_directory(target.parent)
     return target
@@ -144,8 +147,7 @@ def features_path(store: ScoreStore, run_id: str) -> Path:
 
 def _write_table_atomically(table: pa.Table, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".features-", suffix=".tmp")
-    os.close(fd)
+    tmp = temp_path(target)
     try:
         pq.write_table(table, tmp, row_group_size=64 * 1024)
         with open(tmp, "rb") as handle:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,7 +40,7 @@ def errors_as_exit() -> Iterator[None]:
 
     try:
         yield
-    except (CrmScoringError, ValueError, OSError) as exc:
+    except (CrmScoringError, ValueError, OSError, sqlite3.Error) as exc:
         from serving.tags import TagRulesError
 
         fail(str(exc), one_line_per_problem=isinstance(exc, TagRulesError))

@@ -133,19 +133,31 @@ def export(
     format: Annotated[ExportFormat, typer.Option("--format", help="jsonl: one event JSON per line (the webhook body); csv: flat columns.")],  # noqa: A002
     pending: Annotated[bool, typer.Option("--pending", help="Only events not delivered yet (same as --status pending).")] = False,
     status: Annotated[EventStatus | None, typer.Option("--status", help="Only events with this delivery status.")] = None,
+    spreadsheet_safe: Annotated[
+        bool,
+        typer.Option(
+            "--spreadsheet-safe",
+            help="csv: prefix text cells that start with = + - @ (or a tab / carriage return) with ' so a spreadsheet shows "
+            "them instead of running them as formulas (the ids then differ from the store's: not for CRM imports).",
+        ),
+    ] = False,
     store: StoreOption = None,
 ) -> None:
     """Write events to standard output (all of them by default), in outbox order.
 
-    For CRMs that import files; jsonl lines are the webhook bodies (with their id). Exporting marks nothing delivered.
+    For CRMs that import files; jsonl lines are the webhook bodies (with their id). Values are written
+    as stored (a CRM import needs the exact ids); use --spreadsheet-safe for a CSV that people open in a
+    spreadsheet, since customer ids come from the profile. Exporting marks nothing delivered.
     """
     with _errors_as_exit():
         if pending and status not in (None, EventStatus.pending):
             raise ValueError("--pending and --status are exclusive")
+        if spreadsheet_safe and format is not ExportFormat.csv:
+            raise ValueError("--spreadsheet-safe applies to --format csv only")
         wanted = "pending" if pending else (status.value if status is not None else None)
         _, score_store = _open_store(store)
         try:
-            _write_events(score_store, wanted, format, sys.stdout)
+            _write_events(score_store, wanted, format, sys.stdout, spreadsheet_safe=spreadsheet_safe)
         except BrokenPipeError:
             # `export | head`: the reader has all it wants. Silence the final flush and stop.
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -153,7 +165,16 @@ def export(
             raise typer.Exit(0) from None
 
 
-def _write_events(score_store, wanted: str | None, format: ExportFormat, stream: TextIO) -> None:  # type: ignore[no-untyped-def]  # noqa: A002
+#: First characters that make a spreadsheet read a cell as a formula (OWASP's CSV injection list).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value: object) -> object:
+    """`value`, with a leading ' when it is text a spreadsheet would run as a formula."""
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_STARTS) else value
+
+
+def _write_events(score_store, wanted: str | None, format: ExportFormat, stream: TextIO, *, spreadsheet_safe: bool = False) -> None:  # type: ignore[no-untyped-def]  # noqa: A002
     from serving.events import event_body
 
     if format is ExportFormat.jsonl:
@@ -166,13 +187,12 @@ def _write_events(score_store, wanted: str | None, format: ExportFormat, stream:
         for row in score_store.iter_events(wanted):
             body = event_body(row)
             data = body["data"]
-            writer.writerow(
-                [
-                    body["id"], body["type"], body["timestamp"], data["customer_id"],
-                    data.get("tag", data.get("segment")), data.get("value"), data.get("previous_value"),
-                    data.get("next_value"), data["as_of"], data["run_id"],
-                ]
-            )
+            cells = [
+                body["id"], body["type"], body["timestamp"], data["customer_id"],
+                data.get("tag", data.get("segment")), data.get("value"), data.get("previous_value"),
+                data.get("next_value"), data["as_of"], data["run_id"],
+            ]
+            writer.writerow([spreadsheet_cell(c) for c in cells] if spreadsheet_safe else cells)
     stream.flush()
 
 

@@ -28,6 +28,16 @@ loses nothing: at worst the events in flight are sent again):
 - 410 Gone: the receiver asks the sender to stop. The attempt is recorded, the run stops at
   once and every event stays pending (nothing is dead-lettered); exit non-zero.
 
+Hold: after any failed attempt the whole run pauses before its next POST, for
+``backoff * 2**(failures-1)`` seconds where *failures* counts the run's failed attempts
+since its last 2xx (same cap, jitter and ``Retry-After`` as above). Events not sent
+because of a hold use up no attempt, and until the next 2xx the run sends one event at a
+time. So a receiver that is down, throttling (429) or
+deploying gets a few probes instead of the whole outbox at full speed, and its events keep
+their attempts while it recovers: with the defaults a 10-minute outage costs about ten
+attempts in all, not ten per event. A receiver that fails for good still dead-letters every
+event in the end, one probe at a time (``--max-backoff`` bounds the pauses).
+
 Order: events go out in outbox order (per customer, exits before entries); several customers
 are sent concurrently (``concurrency``) but one customer's events of a batch go out one after
 the other. Retries can still reorder a customer's events: receivers should rely on ``id``,
@@ -202,7 +212,8 @@ def retry_delay(
     attempts: int, policy: DeliveryPolicy, retry_after: float | None = None, rng: random.Random | None = None
 ) -> float:
     """Seconds to wait after the `attempts`-th failed attempt (1 for the first failure)."""
-    delay = policy.backoff * 2 ** max(attempts - 1, 0)
+    # The exponent is capped: 2**1024 overflows a float, and max_backoff caps the delay anyway.
+    delay = policy.backoff * 2.0 ** min(max(attempts - 1, 0), 64)
     if policy.jitter and rng is not None:
         delay *= 1 + rng.uniform(0, policy.jitter)
     if retry_after is not None:
@@ -237,7 +248,7 @@ class AttemptOutcome:
     error: str | None = None
     retry_after: float | None = None
     gone: bool = False
-    skipped: bool = False  # not sent (the run was stopping)
+    skipped: bool = False  # not sent (the run was stopping or holding): no attempt used
 
 
 def _short(exc: BaseException) -> str:
@@ -312,8 +323,12 @@ def utc_now() -> datetime:
 
 def check_url(url: str) -> str:
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookConfigError(f"--url must be an http(s) URL with a host (got scheme {parts.scheme or 'none'!r})")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when it is read
+    except ValueError as exc:
+        raise WebhookConfigError(f"--url has a bad port: {exc}") from None
     return url
 
 
@@ -324,6 +339,44 @@ def display_url(url: str) -> str:
     if parts.port:
         host += f":{parts.port}"
     return f"{parts.scheme}://{host}" if parts.scheme and host else "<url>"
+
+
+class _Hold:
+    """The run-wide pause after a failed attempt (see "Hold" in the module docstring).
+
+    Set by the sending threads as soon as an attempt fails, so the others stop sending at
+    once; read by them before each POST and by the loop before it fetches due events.
+    """
+
+    def __init__(self, policy: DeliveryPolicy, clock: Callable[[], datetime], rng: random.Random) -> None:
+        self.policy = policy
+        self.clock = clock
+        self.rng = random.Random(rng.random())  # its own: used from the sending threads
+        self._lock = threading.Lock()
+        self._failures = 0  # failed attempts since the last 2xx
+        self._until: datetime | None = None
+
+    def failed(self, retry_after: float | None) -> None:
+        with self._lock:
+            self._failures += 1
+            until = self.clock() + timedelta(seconds=retry_delay(self._failures, self.policy, retry_after, self.rng))
+            self._until = until if self._until is None else max(self._until, until)
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._failures = 0
+
+    def probing(self) -> bool:
+        """True after a failure until the next 2xx: the run then sends one event at a time."""
+        with self._lock:
+            return self._failures > 0
+
+    def remaining(self) -> float:
+        """Seconds until the run may send again (0 when it may now)."""
+        with self._lock:
+            if self._until is None:
+                return 0.0
+            return max((self._until - self.clock()).total_seconds(), 0.0)
 
 
 def _group_by_customer(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -392,12 +445,13 @@ def _run(
     on_progress: Callable[[DeliveryReport], None] | None,
 ) -> None:
     stop = threading.Event()
+    hold = _Hold(policy, clock, rng)
     outcomes: queue.Queue[tuple[dict[str, Any], AttemptOutcome]] = queue.Queue()
 
     def send_group(group: list[dict[str, Any]]) -> None:
         # Exactly one outcome per event, whatever happens, so the recorder never waits forever.
         for event in group:
-            if stop.is_set():
+            if stop.is_set() or hold.remaining() > 0:
                 outcomes.put((event, AttemptOutcome(str(event["id"]), ok=False, skipped=True)))
                 continue
             try:
@@ -406,12 +460,23 @@ def _run(
                 outcome = AttemptOutcome(str(event["id"]), ok=False, error=_short(exc))
             if outcome.gone:
                 stop.set()
+            elif outcome.ok:
+                hold.succeeded()
+            else:
+                hold.failed(outcome.retry_after)
             outcomes.put((event, outcome))
 
     pool = ThreadPoolExecutor(max_workers=policy.concurrency, thread_name_prefix="webhook")
     try:
         while not stop.is_set():
-            due = store.due_events(clock(), limit=policy.batch_size)
+            paused = hold.remaining()
+            if paused > 0:
+                if not policy.wait:
+                    break  # one pass: the rest stays due for the next run
+                sleep(paused)
+                continue
+            # After a failure one event probes the receiver; full speed again after a 2xx.
+            due = store.due_events(clock(), limit=1 if hold.probing() else policy.batch_size)
             if not due:
                 next_at = store.next_attempt_at()
                 if next_at is None or not policy.wait:

@@ -191,8 +191,10 @@ def load_snapshot_view(store: ScoreStore, run: RunRecord) -> SnapshotView:
 
 
 def default_as_of() -> datetime:
-    """Now, truncated to the minute: requests within a minute share one prepared query."""
-    return now_utc().replace(second=0, microsecond=0)
+    """The first whole minute after now: everything a request holds up to now is before it
+    (features read `< as_of`; a lead created seconds ago is scored), and requests within a
+    minute share one prepared query."""
+    return now_utc().replace(second=0, microsecond=0) + timedelta(minutes=1)
 
 
 def _convert_attribute(column: AttributeColumn, value: Any) -> Any:

@@ -157,7 +157,7 @@ class CustomerIn(_Strict):
 
 class ScoreRequest(_Strict):
     as_of: Timestamp | None = Field(
-        default=None, description="Cut-off instant; default: now, truncated to the minute (shares query plans)."
+        default=None, description="Cut-off instant; default: now, rounded up to the next whole minute (shares query plans)."
     )
     customers: list[CustomerIn] = Field(min_length=1)
 

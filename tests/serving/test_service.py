@@ -96,6 +96,21 @@ def test_score_follows_the_output_contract(client: TestClient, customer: dict[st
     assert isinstance(result["segments"], list)
 
 
+def test_without_as_of_a_lead_created_seconds_ago_is_scored(client: TestClient, customer: dict[str, Any]) -> None:
+    from datetime import UTC, timedelta
+
+    now = datetime.now(UTC).replace(tzinfo=None)
+    lead = {**customer, "customer_id": "new-lead", "orders": [], "events": []}
+    lead["created_at"] = (now - timedelta(seconds=2)).isoformat(timespec="microseconds") + "Z"
+    response = client.post("/v1/score", json=body(lead, as_of=None), headers=AUTH)
+    assert response.status_code == 200, response.text
+    (result,) = response.json()["results"]
+    # as_of: the next whole minute, so the lead is in (created before as_of), whatever the second.
+    as_of = datetime.fromisoformat(result["as_of"].removesuffix("Z"))
+    assert as_of > now and as_of.second == 0 and as_of - now <= timedelta(minutes=1)
+    assert result["predictions"]["lead_conversion"] is not None, result
+
+
 def test_models_endpoint(client: TestClient) -> None:
     response = client.get("/v1/models", headers=AUTH)
     assert response.status_code == 200

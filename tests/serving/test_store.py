@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -13,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from serving.batch import features_path, meta_path
 from serving.events import diff_snapshots
-from serving.store import RunRecord, ScoreStore, SnapshotNotFoundError, StoreError
+from serving.store import RunRecord, ScoreStore, SnapshotNotFoundError, StoreError, temp_path
 
 DAY1, DAY2, DAY3 = datetime(2025, 7, 1), datetime(2025, 7, 2), datetime(2025, 7, 3)
 
@@ -262,12 +264,20 @@ def test_orphan_temp_files_of_dead_writers_are_removed(tmp_path: Path) -> None:
     folder.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    orphan = folder / f".run_0.{dead.pid}.abcd1234.tmp"
-    alive = folder / f".run_9.{os.getppid()}.abcd1234.tmp"  # a live process: maybe still writing
-    orphan.write_bytes(b"partial")
-    alive.write_bytes(b"partial")
+    # A dead writer's snapshot, meta file and feature table (the names `temp_path` gives).
+    orphans = [
+        temp_path(store.snapshot_path("run_0")),
+        temp_path(meta_path(store, "run_0")),
+        temp_path(features_path(store, "run_0")),
+    ]
+    orphans = [p.with_name(re.sub(rf"\.{os.getpid()}\.", f".{dead.pid}.", p.name)) for p in orphans]
+    alive = temp_path(store.snapshot_path("run_9"))
+    alive = alive.with_name(alive.name.replace(f".{os.getpid()}.", f".{os.getppid()}."))  # a live process: maybe still writing
+    for path in [*orphans, alive]:
+        path.write_bytes(b"partial")
     store.write_snapshot("run_1", snapshot({"a": "low"}))
-    assert not orphan.exists() and alive.exists()
+    assert not any(p.exists() for p in orphans) and alive.exists()
+    assert sorted(p.name for p in folder.iterdir()) == sorted([alive.name, "run_1.parquet"])
 
 
 def test_outbox_state_changes(tmp_path: Path) -> None:
