@@ -35,8 +35,12 @@ because of a hold use up no attempt, and until the next 2xx the run sends one ev
 time. So a receiver that is down, throttling (429) or
 deploying gets a few probes instead of the whole outbox at full speed, and its events keep
 their attempts while it recovers: with the defaults a 10-minute outage costs about ten
-attempts in all, not ten per event. A receiver that fails for good still dead-letters every
-event in the end, one probe at a time (``--max-backoff`` bounds the pauses).
+attempts in all, not ten per event. When the run's failures in a row reach
+``max_attempts`` (about nine minutes of failures with the defaults), the run stops with
+the events pending and exits non-zero, naming the last error: a receiver that is down or
+misconfigured (wrong secret: 401, wrong path: 404) is reported instead of being probed for
+days, and the next run starts over. An event that keeps failing while others get through
+(a payload the receiver rejects) is dead-lettered after ``max_attempts`` as before.
 
 Order: events go out in outbox order (per customer, exits before entries); several customers
 are sent concurrently (``concurrency``) but one customer's events of a batch go out one after
@@ -296,7 +300,7 @@ class DeliveryReport:
     dead: int = 0  # dead-lettered by this run
     pending: int = 0  # still pending when the run ended
     dead_total: int = 0  # dead letters in the store (this run's and older ones)
-    stopped: str | None = None  # why the run stopped early (410 Gone)
+    stopped: str | None = None  # why the run stopped early (410 Gone, or max_attempts failures in a row)
     elapsed: float = 0.0
     status_codes: dict[str, int] = field(default_factory=dict)
 
@@ -355,10 +359,12 @@ class _Hold:
         self._lock = threading.Lock()
         self._failures = 0  # failed attempts since the last 2xx
         self._until: datetime | None = None
+        self.last_error: str | None = None
 
-    def failed(self, retry_after: float | None) -> None:
+    def failed(self, retry_after: float | None, error: str | None = None) -> None:
         with self._lock:
             self._failures += 1
+            self.last_error = error
             until = self.clock() + timedelta(seconds=retry_delay(self._failures, self.policy, retry_after, self.rng))
             self._until = until if self._until is None else max(self._until, until)
 
@@ -368,8 +374,11 @@ class _Hold:
 
     def probing(self) -> bool:
         """True after a failure until the next 2xx: the run then sends one event at a time."""
+        return self.failures_in_a_row() > 0
+
+    def failures_in_a_row(self) -> int:
         with self._lock:
-            return self._failures > 0
+            return self._failures
 
     def remaining(self) -> float:
         """Seconds until the run may send again (0 when it may now)."""
@@ -463,7 +472,7 @@ def _run(
             elif outcome.ok:
                 hold.succeeded()
             else:
-                hold.failed(outcome.retry_after)
+                hold.failed(outcome.retry_after, outcome.error)
             outcomes.put((event, outcome))
 
     pool = ThreadPoolExecutor(max_workers=policy.concurrency, thread_name_prefix="webhook")
@@ -492,6 +501,15 @@ def _run(
                 _record(store, event, outcome, policy, clock, rng, report)
                 if on_progress is not None:
                     on_progress(report)
+            failures = hold.failures_in_a_row()
+            if failures >= policy.max_attempts:
+                # Down or misconfigured for as long as one event's whole retry budget: stop
+                # rather than probe for days; the events keep their attempts for the next run.
+                report.stopped = (
+                    f"the receiver at {display_url(url)} failed {failures} attempts in a row "
+                    f"(last: {hold.last_error or 'failed'}): delivery stopped; run it again when the receiver is back"
+                )
+                break
     except BaseException:
         # Ctrl-C or a store error: send nothing more (what was sent and not recorded stays
         # pending and goes out again next time).

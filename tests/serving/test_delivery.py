@@ -226,20 +226,23 @@ def test_a_flaky_receiver_gets_every_event_at_least_once_with_valid_signatures(t
     assert all(attempts[i] >= sent[i] >= 1 for i in expected)
 
 
-def test_always_failing_receiver_dead_letters_after_max_attempts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_event_the_receiver_keeps_refusing_is_dead_lettered_after_max_attempts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = make_store(tmp_path, customers=4)  # 6 events
+    poison = event_ids(store)[2]
     monkeypatch.setenv("CRMSCORE_WEBHOOK_SECRET", SECRET)
-    with serve(Receiver(lambda n, i: "500")) as receiver:
+    with serve(Receiver(lambda n, i: "500" if i == poison else "ok")) as receiver:
         result = runner.invoke(
             app,
             ["triggers", "deliver", "--url", receiver.url, "--max-attempts", "3", "--backoff", "0.01", "--max-backoff", "0.02", "--store", str(tmp_path)],
         )
-    assert result.exit_code == 1, result.output
-    assert "6 event(s) dead-lettered" in result.output
-    assert receiver.count() == 18
-    assert store.event_counts() == {"pending": 0, "delivered": 0, "dead": 6}
-    dead = list(store.iter_events("dead"))
-    assert {e["attempts"] for e in dead} == {3} and {e["last_error"] for e in dead} == {"HTTP 500 Internal Server Error"}
+        assert result.exit_code == 1, result.output
+        assert "1 event(s) dead-lettered" in result.output
+        assert sum(r.event_id == poison for r in receiver.requests) == 3
+    assert store.event_counts() == {"pending": 0, "delivered": 5, "dead": 1}
+    (dead,) = store.iter_events("dead")
+    assert dead["attempts"] == 3 and dead["last_error"] == "HTTP 500 Internal Server Error"
 
     # After fixing the receiver: requeue, deliver again.
     assert runner.invoke(app, ["triggers", "requeue", "--store", str(tmp_path)]).exit_code == 0
@@ -256,6 +259,21 @@ def test_always_failing_receiver_dead_letters_after_max_attempts(tmp_path: Path,
     assert store.event_counts() == {"pending": 0, "delivered": 0, "dead": 0}
     refused = runner.invoke(app, ["triggers", "prune", "--older-than", "-1", "--store", str(tmp_path)])
     assert refused.exit_code == 2 and "older-than" in refused.output
+
+
+def test_a_receiver_that_always_fails_stops_the_run_with_events_pending(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = make_store(tmp_path, customers=4)  # 6 events
+    monkeypatch.setenv("CRMSCORE_WEBHOOK_SECRET", SECRET)
+    with serve(Receiver(lambda n, i: "400")) as receiver:  # e.g. a receiver that rejects every body
+        result = runner.invoke(
+            app,
+            ["triggers", "deliver", "--url", receiver.url, "--max-attempts", "3", "--backoff", "0.01", "--max-backoff", "0.02", "--store", str(tmp_path)],
+        )
+        assert result.exit_code == 1, result.output
+        assert "attempts in a row (last: HTTP 400 Bad Request)" in result.output and "left pending" in result.output
+        assert "/hooks" not in result.output
+        assert 3 <= receiver.count() <= 4  # the failures in flight together, then nothing more
+    assert store.event_counts() == {"pending": 6, "delivered": 0, "dead": 0}
 
 
 def test_410_gone_stops_the_run_and_keeps_events_pending(tmp_path: Path) -> None:
@@ -285,7 +303,8 @@ def test_no_wait_makes_one_pass_and_leaves_scheduled_retries(tmp_path: Path) -> 
     assert (report.delivered, report.pending) == (2, 1)
 
 
-def test_a_receiver_down_for_ten_minutes_costs_a_few_attempts_not_the_outbox(tmp_path: Path) -> None:
+@pytest.mark.parametrize("down_minutes", [5, None])
+def test_a_receiver_that_is_down_gets_probes_not_the_outbox(tmp_path: Path, down_minutes: int | None) -> None:
     store = make_store(tmp_path, customers=40)  # 60 events
     start = datetime(2026, 1, 1)
     now = [start]
@@ -294,17 +313,21 @@ def test_a_receiver_down_for_ten_minutes_costs_a_few_attempts_not_the_outbox(tmp
         now[0] += timedelta(seconds=seconds)
 
     def decide(n: int, _: str) -> str:
-        return "503" if now[0] < start + timedelta(minutes=10) else "ok"
+        return "503" if down_minutes is None or now[0] < start + timedelta(minutes=down_minutes) else "ok"
 
     with serve(Receiver(decide)) as receiver:
         # The defaults: 10 attempts per event, back-off from 1 s up to 300 s.
         report = deliver(store, receiver.url, SECRET, DeliveryPolicy(jitter=0.0), clock=lambda: now[0], sleep=sleep)
-    assert report.ok and report.delivered == 60 and report.dead == 0, report
-    failed = report.status_codes["503"]
-    # Up to 4 in flight when it went down, then one probe at a time after 16, 32, ... 256, 300 s.
-    assert failed <= 11, report.status_codes
-    assert now[0] >= start + timedelta(minutes=10)
-    assert max(e["attempts"] for e in store.iter_events()) <= 11
+    # Up to 4 in flight when it went down, then one probe at a time after 8, 16, 32, ... s.
+    assert report.status_codes["503"] <= 10, report.status_codes
+    assert report.dead == 0 and max(e["attempts"] for e in store.iter_events()) < 10
+    if down_minutes is not None:  # back within the run: everything delivered
+        assert report.ok and report.delivered == 60, report
+        assert now[0] >= start + timedelta(minutes=down_minutes)
+    else:  # down for good: the run stops after 10 failures in a row, everything still pending
+        assert not report.ok and report.pending == 60 and report.delivered == 0
+        assert "failed 10 attempts in a row (last: HTTP 503 Service Unavailable)" in (report.stopped or ""), report.stopped
+        assert timedelta(minutes=5) < now[0] - start < timedelta(minutes=10)
 
 
 def test_wait_mode_sleeps_until_the_next_retry_is_due(tmp_path: Path) -> None:
