@@ -185,12 +185,29 @@ def score_profile(
     emit_initial: bool = False,
     progress: Callable[[str], None] = lambda message: None,
 ) -> BatchResult:
-    """Score a loaded profile at as_of and record the run in `store` (see the module docstring)."""
-    import time
+    """Score a loaded profile at as_of and record the run in `store` (see the module docstring).
 
+    Raises `StoreLockedError` at once while another `score` writes to the same store."""
     as_of = to_utc_naive(as_of)
     check_attribute_inputs(models, feature_params.attributes)
     check_currency(models, profile.currency)
+    # From choosing the previous run to committing this one: one run at a time per store.
+    with store.scoring_lock():
+        return _score_profile(profile, as_of, models, rules, store, feature_params, emit_initial, progress)
+
+
+def _score_profile(
+    profile: Profile,
+    as_of: datetime,
+    models: ModelSet,
+    rules: TagRules,
+    store: ScoreStore,
+    feature_params: FeatureParams,
+    emit_initial: bool,
+    progress: Callable[[str], None],
+) -> BatchResult:
+    import time
+
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 

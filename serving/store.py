@@ -5,6 +5,7 @@ Layout of ``store_dir`` (default ``<project_dir>/scores``, setting ``CRMSCORE_ST
     scores.sqlite              runs + events (the outbox); SQLite in WAL mode
     snapshots/<run_id>.parquet one scored snapshot per run
     deliver.lock               held by the one `triggers deliver` process at a time
+    score.lock                 held by the one `crm-scoring score` process at a time
 
 ``crm-scoring score``, ``serve`` and ``triggers deliver`` are separate processes that may run at
 the same time, hence SQLite in WAL mode (readers never block the writer) with a busy timeout.
@@ -32,7 +33,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 DATABASE_NAME = "scores.sqlite"
 SNAPSHOT_DIR = "snapshots"
 LOCK_NAME = "deliver.lock"
+SCORE_LOCK_NAME = "score.lock"
 SCHEMA_VERSION = 1
 #: How long a connection waits for another process's write lock before failing.
 BUSY_TIMEOUT_SECONDS = 30.0
@@ -114,7 +116,7 @@ class SnapshotNotFoundError(StoreError):
 
 
 class StoreLockedError(StoreError):
-    """Another process holds the delivery lock of this store."""
+    """Another process holds the delivery or the scoring lock of this store."""
 
 
 @dataclass(frozen=True)
@@ -588,15 +590,25 @@ class ScoreStore:
     # delivery lock
     # ----------------------------------------------------------------------------------
 
-    @contextmanager
-    def delivery_lock(self) -> Iterator[None]:
-        """Exclusive right to deliver this store's events (one `triggers deliver` at a time).
+    def delivery_lock(self) -> AbstractContextManager[None]:
+        """Exclusive right to deliver this store's events (one `triggers deliver` at a time)."""
+        return self._exclusive(LOCK_NAME, f"another `crm-scoring triggers deliver` is delivering the events of {self.directory}")
 
-        An OS file lock (flock): released by the kernel when the process dies, even by kill -9,
-        so a resumed delivery never waits for a stale lock.
-        """
+    def scoring_lock(self) -> AbstractContextManager[None]:
+        """Exclusive right to add a run (one `crm-scoring score` at a time): a run reads the
+        latest runs when it starts and diffs against them, so two at once would both diff
+        against the same previous run and send contradictory events."""
+        return self._exclusive(
+            SCORE_LOCK_NAME, f"another `crm-scoring score` is writing a run to {self.directory}; run this one when it is done"
+        )
+
+    @contextmanager
+    def _exclusive(self, name: str, busy: str) -> Iterator[None]:
+        """An OS file lock (flock) on `name`, or StoreLockedError(busy) at once: released by
+        the kernel when the process dies, even by kill -9, so a resumed run never waits for a
+        stale lock."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / LOCK_NAME
+        path = self.directory / name
         handle = open(path, "a+")  # noqa: SIM115 - held for the duration of the context
         try:
             try:
@@ -607,9 +619,7 @@ class ScoreStore:
                 try:
                     fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError as exc:
-                    raise StoreLockedError(
-                        f"another `crm-scoring triggers deliver` is delivering the events of {self.directory}"
-                    ) from exc
+                    raise StoreLockedError(busy) from exc
             try:
                 yield
             finally:

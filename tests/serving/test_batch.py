@@ -118,6 +118,23 @@ def test_corrected_data_and_its_revert_at_the_same_as_of_are_new_runs_with_their
     assert store.latest_run() == back and store.event_counts() == events_now
 
 
+def test_a_second_score_run_on_the_same_store_is_refused_while_one_runs(trained_project: TrainedProject, tmp_path: Path) -> None:
+    """Two runs at once would both diff against the same previous run (contradictory events)."""
+    folder = tmp_path / "scores"
+    shutil.copytree(trained_project.root / "scores", folder)
+    store = ScoreStore(folder)
+    runs_before, outbox_before = store.runs(), store.event_counts()
+    score = ("score", "--profile", str(trained_project.profile), "--as-of", "2025-06-22", "--out", str(folder))
+    with store.scoring_lock():  # as a running `score` holds it
+        refused = trained_project.run(*score, check=False)
+        with store.delivery_lock():  # delivery is not blocked by scoring
+            pass
+    assert refused.returncode == 1
+    assert "another `crm-scoring score` is writing a run to" in " ".join(refused.stderr.split()), refused.stderr
+    assert store.runs() == runs_before and store.event_counts() == outbox_before
+    assert trained_project.run(*score).returncode == 0  # and once it is done
+
+
 def test_a_profile_in_another_currency_than_the_models_is_refused(trained_project: TrainedProject, tmp_path: Path) -> None:
     """Amounts are never converted: EUR orders scored by models that learned from USD would
     be read as dollars. `score` stops with one line and writes nothing."""

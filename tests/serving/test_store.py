@@ -16,7 +16,7 @@ import pytest
 
 from serving.batch import features_path, meta_path
 from serving.events import diff_snapshots
-from serving.store import RunRecord, ScoreStore, SnapshotNotFoundError, StoreError, temp_path
+from serving.store import RunRecord, ScoreStore, SnapshotNotFoundError, StoreError, StoreLockedError, temp_path
 
 DAY1, DAY2, DAY3 = datetime(2025, 7, 1), datetime(2025, 7, 2), datetime(2025, 7, 3)
 
@@ -278,6 +278,18 @@ def test_orphan_temp_files_of_dead_writers_are_removed(tmp_path: Path) -> None:
     store.write_snapshot("run_1", snapshot({"a": "low"}))
     assert not any(p.exists() for p in orphans) and alive.exists()
     assert sorted(p.name for p in folder.iterdir()) == sorted([alive.name, "run_1.parquet"])
+
+
+def test_one_score_run_at_a_time_and_delivery_beside_it(tmp_path: Path) -> None:
+    store = ScoreStore(tmp_path)
+    with store.scoring_lock():
+        with pytest.raises(StoreLockedError, match="another `crm-scoring score` is writing a run"):
+            with ScoreStore(tmp_path).scoring_lock():
+                pass
+        with store.delivery_lock():  # independent locks
+            pass
+    with ScoreStore(tmp_path).scoring_lock():  # released
+        pass
 
 
 def test_outbox_state_changes(tmp_path: Path) -> None:
