@@ -77,8 +77,8 @@ COMPLETED_STATUS = "completed"
 #: Orders with this status feed the refund share.
 REFUNDED_STATUSES = ("refunded", "returned")
 
-#: Event types with funnel meaning. The vocabulary is free: other types are kept
-#: and counted by the engagement family when configured.
+#: Event types with funnel meaning and engagement columns of their own. The vocabulary is
+#: free: other types are kept and count in the engagement totals (events, recency, active days).
 KNOWN_EVENT_TYPES: tuple[str, ...] = (
     "page_view",
     "pricing_page_view",

@@ -1,8 +1,10 @@
 """Engagement family: behaviour per event type (window counts, recency, trend) and totals.
 
-Point in time: only events with `occurred_at < as_of` are read. Only the configured
-`EngagementParams.event_types` count (matched exactly, case-sensitive, as in the profile
-contract); every other type of the free vocabulary is ignored, totals included.
+Point in time: only events with `occurred_at < as_of` are read. The configured
+`EngagementParams.event_types` (matched exactly, case-sensitive, as in the profile
+contract) get columns of their own; the totals count every event, whatever its type: the
+vocabulary is free (a CDP's own `webinar_attended` is activity too), and only the known
+types carry funnel meaning.
 
 The events are read in two scans with conditional aggregates, whatever the number of
 types and windows (never one query per type): one over the rows inside the longest
@@ -22,7 +24,7 @@ Column names use the event type made column-safe (lower case, runs of other char
   (`[as_of - 2k, as_of - k)`) as `(recent - previous) / (recent + previous)`, in [-1, 1],
   0 when both are zero.
 
-Totals over the configured types: `events_count_{w}d`, `days_since_last_event`,
+Totals over every event: `events_count_{w}d`, `days_since_last_event`,
 `events_trend_{k}d`, and `active_days_{a}d` (distinct UTC calendar days with an event in
 the last `a = active_days_window` days; 0 when none).
 """
@@ -143,12 +145,11 @@ def engagement_features(
     k = params.trend_days
 
     ev = events_before(profile, as_of)
-    # Number the configured types once; the many conditional aggregates compare small integers.
-    code = ibis.cases(*[(ev.event_type == t, i) for i, t in enumerate(params.event_types)], else_=-1)
+    # Number the configured types once (the many conditional aggregates compare small
+    # integers); every other type gets the next number: it counts in the totals only.
+    other = len(params.event_types)
+    code = ibis.cases(*[(ev.event_type == t, i) for i, t in enumerate(params.event_types)], else_=other)
     ev = ev.select("customer_id", "occurred_at", _type=code.cast("int16"))
-    # Only the configured types count. Filtered after the numbering, not inside `events_before`:
-    # a filter there would be merged into a new subquery instead of reusing the shared one.
-    ev = ev.filter(ev._type >= 0)
 
     # A hash aggregate over ~1 M customers costs about rows x aggregates, so the work is split
     # in two scans with conditional aggregates (never one query per type):
@@ -164,7 +165,8 @@ def engagement_features(
     trend_now = since(k)
     trend_prev = ~trend_now & since(2 * k)
     counts: dict[str, ibis.Value] = {}
-    for i, _event_type in enumerate(params.event_types):
+    codes = [*range(len(params.event_types)), other]
+    for i in codes:
         is_type = recent._type == i
         for w, window in in_window.items():
             counts[f"_n{i}_{w}"] = _count_where(is_type & window)
@@ -192,8 +194,8 @@ def engagement_features(
     n_types = range(len(params.event_types))
     derived: dict[str, ibis.Value] = {}
     for w in sorted({*params.windows_days, k}):
-        derived[f"_n_all_{w}"] = reduce(operator.add, (recent_counts[f"_n{i}_{w}"] for i in n_types))
-    derived["_prev_all"] = reduce(operator.add, (recent_counts[f"_prev{i}"] for i in n_types))
+        derived[f"_n_all_{w}"] = reduce(operator.add, (recent_counts[f"_n{i}_{w}"] for i in codes))
+    derived["_prev_all"] = reduce(operator.add, (recent_counts[f"_prev{i}"] for i in codes))
     for i in n_types:
         derived[f"_trend{i}"] = _relative_change(recent_counts[f"_n{i}_{k}"], recent_counts[f"_prev{i}"])
     derived["_trend_all"] = _relative_change(derived[f"_n_all_{k}"], derived["_prev_all"])

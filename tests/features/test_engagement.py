@@ -58,20 +58,28 @@ def test_window_counts_and_boundaries(con):
     assert out["page_view_count_90d"] == 0 and pd.isna(out["days_since_last_page_view"])
 
 
-def test_unconfigured_types_are_ignored_everywhere(con):
+def test_unconfigured_types_count_in_the_totals_only(con):
+    # The vocabulary is free: a CDP's own event types are activity too (totals, recency,
+    # active days, trend), but only the configured types get columns of their own.
     frame = events(
         [
             ("c1", AS_OF - DAY, "webinar_attended"),  # free vocabulary, not configured
-            ("c1", AS_OF - DAY, "Page_View"),  # types match exactly
+            ("c1", AS_OF - 40 * DAY, "Page_View"),  # types match exactly: this is another type
             ("c1", AS_OF - 2 * DAY, "page_view"),
+            ("c2", AS_OF - 3 * DAY, "webinar_attended"),  # only unconfigured types
         ]
     )
-    out = build(con, customers("c1"), frame).loc["c1"]
-    assert out["page_view_count_7d"] == 1
-    assert out["events_count_7d"] == 1
-    assert out["days_since_last_event"] == pytest.approx(2.0)
-    assert out["active_days_30d"] == 1
-    assert not any("webinar" in c for c in out.index)
+    out = build(con, customers("c1", "c2"), frame)
+    c1, c2 = out.loc["c1"], out.loc["c2"]
+    assert c1["page_view_count_7d"] == 1 and c1["page_view_count_90d"] == 1
+    assert c1["events_count_7d"] == 2 and c1["events_count_30d"] == 2 and c1["events_count_90d"] == 3
+    assert c1["days_since_last_event"] == pytest.approx(1.0)
+    assert c1["days_since_last_page_view"] == pytest.approx(2.0)
+    assert c1["active_days_30d"] == 2
+    assert c1["events_trend_30d"] == pytest.approx((2 - 1) / (2 + 1))  # 2 in the last 30 days, 1 in the 30 before
+    assert c2["events_count_7d"] == 1 and c2["days_since_last_event"] == pytest.approx(3.0) and c2["active_days_30d"] == 1
+    assert all(c2[f"{t}_count_90d"] == 0 for t in KNOWN_EVENT_TYPES)
+    assert not any("webinar" in c for c in out.columns)
 
 
 def test_trend_last_30_days_against_the_30_before(con):
