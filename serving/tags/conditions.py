@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from serving.tags.rules import CONDITION_TRUE, SCORE_BY_COLUMN, SCORES
@@ -29,6 +30,8 @@ _KEYWORDS = frozenset({"and", "or", "not", "in", "true", "false"})
 _FUNCTIONS = frozenset({"has"})
 #: Words a tag or segment cannot be named.
 RESERVED_NAMES = _KEYWORDS | _FUNCTIONS
+#: Deepest nesting of 'not' and parentheses a condition may have.
+MAX_NESTING = 32
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _TOKEN = re.compile(
     rf"""
@@ -145,6 +148,7 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.tokens = _tokenize(text)
         self.at = 0
+        self.depth = 0
 
     def parse(self) -> _Syntax:
         tree = self._or()
@@ -185,8 +189,21 @@ class _Parser:
     def _not(self) -> _Syntax:
         token = self._accept("keyword", "not")
         if token is not None:
-            return _Negation(self._not(), token.offset)
+            with self._nested(token):
+                return _Negation(self._not(), token.offset)
         return self._comparison()
+
+    @contextmanager
+    def _nested(self, token: _Token) -> Iterator[None]:
+        # Parsing, checking and evaluating recurse once per level: a bound here keeps a rule
+        # that loads from overflowing Python's stack later, at scoring time.
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise _ExpressionSyntaxError(f"the condition is nested too deeply (more than {MAX_NESTING} levels of 'not' and parentheses)", token.offset)
+        try:
+            yield
+        finally:
+            self.depth -= 1
 
     def _comparison(self) -> _Syntax:
         left = self._operand()
@@ -220,7 +237,8 @@ class _Parser:
         if token.kind == "keyword" and token.text in ("true", "false"):
             return _Literal(token.text == "true", token.offset)
         if token.text == "(":
-            inner = self._or()
+            with self._nested(token):
+                inner = self._or()
             if not self._accept("punct", ")"):
                 raise _ExpressionSyntaxError(f"expected ')', found {_shown(self._peek())}", self._peek().offset)
             return inner

@@ -43,6 +43,9 @@ _DEFAULT_RULES_FILE = "default_tags.yaml"
 
 
 _STR = "tag:yaml.org,2002:str"
+#: Problems listed in one error, and the longest message (a quoted value is cut there).
+MAX_PROBLEMS = 100
+MAX_MESSAGE = 300
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 _BOOL = "tag:yaml.org,2002:bool"
@@ -59,15 +62,34 @@ _SEGMENT_KEYS = ("when", "description")
 
 
 class _Problems:
+    """The problems found, at most `MAX_PROBLEMS`, each message at most `MAX_MESSAGE` characters:
+    YAML aliases can repeat a long value thousands of times (megabytes of messages)."""
+
     def __init__(self) -> None:
         self.items: list[RuleProblem] = []
+        self.dropped = 0
 
     def at(self, node: yaml.Node, message: str) -> None:
         mark = node.start_mark
-        self.items.append(RuleProblem(mark.line + 1, mark.column + 1, message))
+        self.at_position(mark.line + 1, mark.column + 1, message)
 
-    def at_position(self, line: int, column: int, message: str) -> None:
+    def at_position(self, line: int | None, column: int | None, message: str) -> None:
+        if len(self.items) >= MAX_PROBLEMS:
+            self.dropped += 1
+            return
+        if len(message) > MAX_MESSAGE:
+            message = message[: MAX_MESSAGE - 1] + "…"
         self.items.append(RuleProblem(line, column, message))
+
+    @property
+    def count(self) -> int:
+        """Problems found so far, listed or not."""
+        return len(self.items) + self.dropped
+
+    def all(self) -> list[RuleProblem]:
+        if not self.dropped:
+            return self.items
+        return [*self.items, RuleProblem(None, None, f"and {self.dropped:,} more problem(s) not listed")]
 
 
 @dataclass(frozen=True)
@@ -155,7 +177,11 @@ def _text(node: yaml.Node, what: str, problems: _Problems) -> str | None:
 def _number(node: yaml.Node, what: str, problems: _Problems) -> float | None:
     if isinstance(node, yaml.ScalarNode) and node.tag in (_INT, _FLOAT):
         constructor = yaml.constructor.SafeConstructor()
-        value = float(constructor.construct_yaml_int(node) if node.tag == _INT else constructor.construct_yaml_float(node))
+        try:  # an explicit `!!int abc`, or an integer too large for a float
+            value = float(constructor.construct_yaml_int(node) if node.tag == _INT else constructor.construct_yaml_float(node))
+        except (ValueError, OverflowError):
+            problems.at(node, f"{what} must be a number, found {_describe(node)}")
+            return None
         if math.isfinite(value):
             return value
         problems.at(node, f"{what} must be a finite number, found {node.value}")
@@ -163,6 +189,14 @@ def _number(node: yaml.Node, what: str, problems: _Problems) -> float | None:
     hint = " (PyYAML reads 1e-3 as text: write 0.001)" if isinstance(node, yaml.ScalarNode) and _looks_numeric(node.value) else ""
     problems.at(node, f"{what} must be a number, found {_describe(node)}{hint}")
     return None
+
+
+def _yaml_int(node: yaml.ScalarNode) -> int | None:
+    """The integer of an int-tagged scalar; None for an explicit `!!int` that is no integer."""
+    try:
+        return yaml.constructor.SafeConstructor().construct_yaml_int(node)
+    except ValueError:
+        return None
 
 
 def _looks_numeric(text: str) -> bool:
@@ -202,7 +236,7 @@ def _read_tier_tag(
     what = f"tag '{name}'"
     _unknown_keys(entries, _TIER_TAG_KEYS, what, problems)
     values = {key: value for key, _k, value in entries}
-    before = len(problems.items)
+    before = problems.count
     score: ScoreSpec | None = None
     if "score" not in values:
         problems.at(node, f"{what}: 'tiers' needs a 'score' to read")
@@ -227,7 +261,7 @@ def _read_tier_tag(
             hysteresis = margin
             _check_margin(values["hysteresis"], margin, tiers, what, problems)
     description = _description(values, what, problems)
-    if len(problems.items) > before or score is None:
+    if problems.count > before or score is None:
         return None
     return TierTag(name, score.name, tuple(tiers), hysteresis, description, line)
 
@@ -314,7 +348,7 @@ def _read_passthrough_tag(
     what = f"tag '{name}'"
     _unknown_keys(entries, _PASSTHROUGH_KEYS, what, problems)
     values = {key: value for key, _k, value in entries}
-    before = len(problems.items)
+    before = problems.count
     score = None
     score_name = _text(values["from"], f"{what}: 'from'", problems)
     if score_name is not None:
@@ -326,7 +360,7 @@ def _read_passthrough_tag(
     if "values" in values:
         vocabulary = _read_values(values["values"], what, problems)
     description = _description(values, what, problems)
-    if len(problems.items) > before or score is None:
+    if problems.count > before or score is None:
         return None
     return PassThroughTag(name, score.name, vocabulary, description, line)
 
@@ -480,15 +514,22 @@ def parse_tag_rules(data: bytes | str, source: str = "<string>") -> TagRules:
             problem += f" ({exc.context}{where})"
         line, column = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
         raise TagRulesError(source, [RuleProblem(line, column, f"invalid YAML: {problem}")]) from exc
+    except yaml.reader.ReaderError as exc:  # a control character: no mark, a character position
+        before = text[: exc.position]
+        line, column = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        shown = repr(chr(exc.character)) if isinstance(exc.character, int) else repr(exc.character)
+        raise TagRulesError(source, [RuleProblem(line, column, f"invalid YAML: the character {shown} is not allowed ({exc.reason})")]) from exc
     except yaml.YAMLError as exc:
         raise TagRulesError(source, [RuleProblem(None, None, f"invalid YAML: {exc}")]) from exc
+    except RecursionError as exc:
+        raise TagRulesError(source, [RuleProblem(None, None, "invalid rules: the YAML is nested too deeply")]) from exc
     if root is None:
         raise TagRulesError(source, [RuleProblem(None, None, f"the file is empty: it needs at least `version: {RULES_VERSION}` and `tags:`")])
 
     problems = _Problems()
     rules = _read_rules(root, problems, source, digest)
     if problems.items or rules is None:
-        raise TagRulesError(source, problems.items)
+        raise TagRulesError(source, problems.all())
     return rules
 
 
@@ -503,7 +544,7 @@ def _read_rules(root: yaml.Node, problems: _Problems, source: str, digest: str) 
         problems.at(root, f"missing 'version' (write `version: {RULES_VERSION}` at the top)")
     else:
         node = values["version"]
-        if isinstance(node, yaml.ScalarNode) and node.tag == _INT and yaml.constructor.SafeConstructor().construct_yaml_int(node) == RULES_VERSION:
+        if isinstance(node, yaml.ScalarNode) and node.tag == _INT and _yaml_int(node) == RULES_VERSION:
             version = RULES_VERSION
         else:
             shown = node.value if isinstance(node, yaml.ScalarNode) and node.tag == _INT else _describe(node)

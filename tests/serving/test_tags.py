@@ -645,6 +645,38 @@ def test_empty_and_unreadable_files(tmp_path: Path) -> None:
         load_tag_rules(tmp_path / "latin1.yaml")
 
 
+def test_hostile_rules_files_get_problems_with_lines_not_crashes(tmp_path: Path) -> None:
+    """Deep nesting, explicit YAML tags, huge numbers, control characters and alias bombs:
+    each a TagRulesError that names the file (and the line where there is one), never a
+    RecursionError, ValueError or a message of megabytes."""
+    deep = "(" * 200 + "churn_risk == 'high'" + ")" * 200
+    error, path = rejected(tmp_path, TIERS_HEADER + f'segments:\n  s: "{deep}"\n')
+    assert "nested too deeply" in str(error) and f"{path}:{TIERS_HEADER.count(chr(10)) + 2}:" in str(error), str(error)
+    error, _ = rejected(tmp_path, TIERS_HEADER + 'segments:\n  s: "' + "not " * 3000 + "churn_risk == 'high'\"\n")
+    assert "nested too deeply" in str(error)
+    # 32 levels load, and evaluate deeper in the stack than the loading did.
+    fine = parse_tag_rules(TIERS_HEADER + 'segments:\n  s: "' + "not " * 32 + "churn_risk == 'high'\"\n")
+    assert "s" in {s.name for s in fine.segments}
+    error, _ = rejected(tmp_path, "version: 1\ntags: " + "[" * 2000 + "]" * 2000 + "\n")
+    assert "nested too deeply" in str(error)
+
+    bad_number = TIERS_HEADER.replace("min: 0.6}", "min: !!int abc}")
+    error, path = rejected(tmp_path, bad_number)
+    line = next(n for n, text in enumerate(bad_number.splitlines(), 1) if "!!int abc" in text)
+    assert f"{path}:{line}:" in str(error) and "must be a number" in str(error), str(error)
+    error, _ = rejected(tmp_path, TIERS_HEADER.replace("min: 0.6}", "min: " + "9" * 400 + "}"))
+    assert "must be a number" in str(error) or "finite" in str(error), str(error)
+    error, _ = rejected(tmp_path, TIERS_HEADER.replace("version: 1", "version: !!int x"))
+    assert "unsupported version" in str(error)
+
+    error, path = rejected(tmp_path, TIERS_HEADER + "segments:\n  s:\n    when: \"churn_risk == 'high'\"\n    description: ring\x07\n")
+    assert f"{path}:{TIERS_HEADER.count(chr(10)) + 4}:" in str(error) and "'\\x07'" in str(error), str(error)
+
+    bomb = TIERS_HEADER.replace("values: [champions, at_risk]", "values: [&b " + "x" * 20_000 + ", " + ", ".join(["*b"] * 3000) + "]")
+    error, _ = rejected(tmp_path, bomb)
+    assert len(str(error)) < 100_000 and "more problem(s) not listed" in str(error), len(str(error))
+
+
 # --------------------------------------------------------------------------- the parser is not eval
 
 EVAL_LIKE = [
