@@ -54,8 +54,11 @@ SCORE_COLUMNS: tuple[str, ...] = (
 )
 REASON_COLUMNS: dict[str, str] = {"lead_scoring": "lead_reasons", "churn_propensity": "churn_reasons"}
 
-#: The tag that holds each prediction's tier in the output contract.
+#: The tag that holds each prediction's tier in the output contract (the default rules'
+#: names; a rules file that names it otherwise: its first tier tag over the prediction's scores).
 TIER_TAG: dict[str, str] = {"lead_conversion": "lead_tier", "churn": "churn_risk", "ltv": "value_tier"}
+#: The rules' score prefix of each prediction (`churn.probability`, ...).
+SCORE_PREFIX: dict[str, str] = {"lead_conversion": "lead", "churn": "churn", "ltv": "ltv"}
 
 NOT_APPLICABLE_REASON: dict[str, str] = {
     "lead_scoring": "customer has a completed order before as_of: lead scoring applies to leads only",
@@ -311,7 +314,8 @@ def render_result(
             predictions[prediction] = None
             not_applicable[prediction] = f"no {model_name} champion model is deployed"
             continue
-        tier = tags.get(TIER_TAG[prediction]) if TIER_TAG[prediction] in tags else None
+        tier_tag = rules.tier_tag_for(SCORE_PREFIX[prediction], TIER_TAG[prediction])
+        tier = tags.get(tier_tag) if tier_tag is not None else None
         if model_name == "customer_ltv":
             clv = _number(row.get("ltv_clv"))
             if clv is None:

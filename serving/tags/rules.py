@@ -191,6 +191,14 @@ class TagRules:
                 return rule
         raise KeyError(name)
 
+    def tier_tag_for(self, prediction: str, preferred: str) -> str | None:
+        """The tier tag that gives the `prediction` scores' (`lead`, `churn`, `ltv`) tier: the
+        tag named `preferred` when it is a tier of those scores, else the first such tier tag
+        in the file (a rules file may name it otherwise), else None."""
+        tiers = [t for t in self.tags if isinstance(t, TierTag) and t.score.split(".")[0] == prediction]
+        names = [t.name for t in tiers]
+        return preferred if preferred in names else (names[0] if names else None)
+
     def required_scores(self) -> frozenset[str]:
         """The score columns `evaluate_tags` reads (the frame must have all of them)."""
         columns: set[str] = set()

@@ -645,6 +645,16 @@ def test_empty_and_unreadable_files(tmp_path: Path) -> None:
         load_tag_rules(tmp_path / "latin1.yaml")
 
 
+def test_the_tier_of_a_prediction_comes_from_its_tier_tag_whatever_its_name() -> None:
+    default = load_tag_rules()
+    assert [default.tier_tag_for(p, n) for p, n in (("lead", "lead_tier"), ("churn", "churn_risk"), ("ltv", "value_tier"))] == [
+        "lead_tier", "churn_risk", "value_tier",
+    ]
+    renamed = parse_tag_rules(TIERS_HEADER.replace("churn_risk:", "churn_level:").replace("churn_risk ==", "churn_level =="))
+    assert renamed.tier_tag_for("churn", "churn_risk") == "churn_level"  # the output's churn "tier" is not lost
+    assert renamed.tier_tag_for("lead", "lead_tier") is None  # no tier over the lead scores
+
+
 def test_hostile_rules_files_get_problems_with_lines_not_crashes(tmp_path: Path) -> None:
     """Deep nesting, explicit YAML tags, huge numbers, control characters and alias bombs:
     each a TagRulesError that names the file (and the line where there is one), never a
