@@ -184,13 +184,17 @@ def score_profile(
     feature_params: FeatureParams = FeatureParams(),
     emit_initial: bool = False,
     progress: Callable[[str], None] = lambda message: None,
+    locked: bool = False,
 ) -> BatchResult:
     """Score a loaded profile at as_of and record the run in `store` (see the module docstring).
 
-    Raises `StoreLockedError` at once while another `score` writes to the same store."""
+    Takes the store's `scoring_lock` (raises `StoreLockedError` at once while another `score`
+    writes to the same store) unless `locked`: the caller holds it already."""
     as_of = to_utc_naive(as_of)
     check_attribute_inputs(models, feature_params.attributes)
     check_currency(models, profile.currency)
+    if locked:
+        return _score_profile(profile, as_of, models, rules, store, feature_params, emit_initial, progress)
     # From choosing the previous run to committing this one: one run at a time per store.
     with store.scoring_lock():
         return _score_profile(profile, as_of, models, rules, store, feature_params, emit_initial, progress)

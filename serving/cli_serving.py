@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -39,7 +40,7 @@ def score(
     """Score every profile with the champion models; write a snapshot and the tag/segment events."""
     from serving.cli import _load_validated, _mlflow_errors_as_exit, _quiet_mlflow, _run_step, _settings, _training_settings
 
-    with errors_as_exit(), _mlflow_errors_as_exit():
+    with errors_as_exit(), _mlflow_errors_as_exit(), ExitStack() as held:
         from features.backend import connect
         from features.timeutil import to_utc_naive
         from serving.batch import score_profile
@@ -50,6 +51,10 @@ def score(
         started = time.perf_counter()
         cut_off = to_utc_naive(as_of)
         settings = _serving_settings(store, tags)
+        score_store = ScoreStore(settings.resolved_store_dir)
+        # Before loading anything: a second `score` on this store stops at once, before it
+        # loads a profile beside the first one or rewrites the rejects file it named.
+        held.enter_context(score_store.scoring_lock())
         rules = _run_step("load tag rules", lambda: load_tag_rules(settings.tags_file))
         _quiet_mlflow()
         models = _run_step("load champion models", lambda: load_model_set(_training_settings(), threads=os.cpu_count()))
@@ -58,14 +63,13 @@ def score(
         # Rejected rows go beside the output (the profile may be read-only).
         rejects = settings.resolved_store_dir / "rejects.csv"
         loaded = _load_validated(con, Path(profile), rejects, features_settings, before=cut_off)
-        score_store = ScoreStore(settings.resolved_store_dir)
 
         def report(message: str) -> None:
             console.print(f"  [dim]{message}[/]", highlight=False)
 
         result = score_profile(
             loaded.profile, cut_off, models, rules, score_store,
-            feature_params=features_settings.feature_params(), emit_initial=emit_initial, progress=report,
+            feature_params=features_settings.feature_params(), emit_initial=emit_initial, progress=report, locked=True,
         )
         table = Table("tag", "value", "customers", title=f"run {result.run_id}")
         for tag, counts in result.tag_counts.items():

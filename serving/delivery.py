@@ -29,14 +29,15 @@ loses nothing: at worst the events in flight are sent again):
   once and every event stays pending (nothing is dead-lettered); exit non-zero.
 
 Hold: after any failed attempt the whole run pauses before its next POST, for
-``backoff * 2**(failures-1)`` seconds where *failures* counts the run's failed attempts
-since its last 2xx (same cap, jitter and ``Retry-After`` as above). Events not sent
-because of a hold use up no attempt, and until the next 2xx the run sends one event at a
-time. So a receiver that is down, throttling (429) or
+``backoff * 2**(failures-1)`` seconds where *failures* counts the run's failed rounds
+since its last 2xx (requests in flight together that fail together are one round; same
+cap, jitter and ``Retry-After`` as above). Events not sent because of a hold use up no
+attempt, and until the next 2xx the run sends one event at a time. So a receiver that is down, throttling (429) or
 deploying gets a few probes instead of the whole outbox at full speed, and its events keep
 their attempts while it recovers: with the defaults a 10-minute outage costs about ten
-attempts in all, not ten per event. When the run's failures in a row reach
-``max_attempts`` (about nine minutes of failures with the defaults), the run stops with
+attempts in all, not ten per event. When the run's failed rounds in a row reach
+``max_attempts`` (at least 3; about nine minutes of failures with the defaults) while
+events are pending, the run stops with
 the events pending and exits non-zero, naming the last error: a receiver that is down or
 misconfigured (wrong secret: 401, wrong path: 404) is reported instead of being probed for
 days, and the next run starts over. An event that keeps failing while others get through
@@ -49,8 +50,9 @@ the other. Retries can still reorder a customer's events: receivers should rely 
 
 With ``wait`` (the default) a run lasts until nothing is pending: it sleeps until the next
 retry is due, so it ends with every event delivered or dead-lettered (or stopped by a 410).
-Without it, it makes one pass over the events due now (those scheduled for later stay
-pending): the mode for a cron job.
+Without it, it makes one pass over the events due when it starts (those scheduled for
+later, and the retries the pass itself schedules, stay pending; its holds are waited out):
+the mode for a cron job.
 """
 
 from __future__ import annotations
@@ -345,6 +347,10 @@ def display_url(url: str) -> str:
     return f"{parts.scheme}://{host}" if parts.scheme and host else "<url>"
 
 
+#: A run stops after this many failed rounds in a row even when --max-attempts is lower.
+MIN_FAILED_ROUNDS_TO_STOP = 3
+
+
 class _Hold:
     """The run-wide pause after a failed attempt (see "Hold" in the module docstring).
 
@@ -357,20 +363,32 @@ class _Hold:
         self.clock = clock
         self.rng = random.Random(rng.random())  # its own: used from the sending threads
         self._lock = threading.Lock()
-        self._failures = 0  # failed attempts since the last 2xx
+        self._failures = 0  # failed rounds since the last 2xx
+        self._epoch = 0  # moves on at each counted failure and each 2xx
         self._until: datetime | None = None
         self.last_error: str | None = None
 
-    def failed(self, retry_after: float | None, error: str | None = None) -> None:
+    def epoch(self) -> int:
+        """Read by a sender just before its POST (see `failed`)."""
         with self._lock:
-            self._failures += 1
+            return self._epoch
+
+    def failed(self, retry_after: float | None, error: str | None, sent_at_epoch: int) -> None:
+        """A failed attempt. It counts as a new failure only when it was sent after the last
+        counted failure or 2xx: requests in flight together that fail together (a receiver
+        restart) are one failed round, not `concurrency` of them."""
+        with self._lock:
             self.last_error = error
-            until = self.clock() + timedelta(seconds=retry_delay(self._failures, self.policy, retry_after, self.rng))
+            if sent_at_epoch == self._epoch:
+                self._failures += 1
+                self._epoch += 1
+            until = self.clock() + timedelta(seconds=retry_delay(max(self._failures, 1), self.policy, retry_after, self.rng))
             self._until = until if self._until is None else max(self._until, until)
 
     def succeeded(self) -> None:
         with self._lock:
             self._failures = 0
+            self._epoch += 1
 
     def probing(self) -> bool:
         """True after a failure until the next 2xx: the run then sends one event at a time."""
@@ -463,6 +481,7 @@ def _run(
             if stop.is_set() or hold.remaining() > 0:
                 outcomes.put((event, AttemptOutcome(str(event["id"]), ok=False, skipped=True)))
                 continue
+            epoch = hold.epoch()
             try:
                 outcome = post_event(client, url, key, event)
             except Exception as exc:  # noqa: BLE001 - a bug must not hang the run; recorded as a failure
@@ -472,20 +491,21 @@ def _run(
             elif outcome.ok:
                 hold.succeeded()
             else:
-                hold.failed(outcome.retry_after, outcome.error)
+                hold.failed(outcome.retry_after, outcome.error, epoch)
             outcomes.put((event, outcome))
 
     pool = ThreadPoolExecutor(max_workers=policy.concurrency, thread_name_prefix="webhook")
     try:
+        # One pass (no wait) covers the events due when it starts: retries it schedules are
+        # for the next run, while its holds are slept through like a waiting run's.
+        pass_started = clock()
         while not stop.is_set():
             paused = hold.remaining()
             if paused > 0:
-                if not policy.wait:
-                    break  # one pass: the rest stays due for the next run
                 sleep(paused)
                 continue
             # After a failure one event probes the receiver; full speed again after a 2xx.
-            due = store.due_events(clock(), limit=1 if hold.probing() else policy.batch_size)
+            due = store.due_events(clock() if policy.wait else pass_started, limit=1 if hold.probing() else policy.batch_size)
             if not due:
                 next_at = store.next_attempt_at()
                 if next_at is None or not policy.wait:
@@ -502,11 +522,11 @@ def _run(
                 if on_progress is not None:
                     on_progress(report)
             failures = hold.failures_in_a_row()
-            if failures >= policy.max_attempts:
+            if failures >= max(policy.max_attempts, MIN_FAILED_ROUNDS_TO_STOP) and store.event_counts()["pending"]:
                 # Down or misconfigured for as long as one event's whole retry budget: stop
                 # rather than probe for days; the events keep their attempts for the next run.
                 report.stopped = (
-                    f"the receiver at {display_url(url)} failed {failures} attempts in a row "
+                    f"the receiver at {display_url(url)} failed {failures} times in a row "
                     f"(last: {hold.last_error or 'failed'}): delivery stopped; run it again when the receiver is back"
                 )
                 break

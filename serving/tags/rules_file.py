@@ -77,8 +77,9 @@ class _Problems:
         if len(self.items) >= MAX_PROBLEMS:
             self.dropped += 1
             return
-        if len(message) > MAX_MESSAGE:
-            message = message[: MAX_MESSAGE - 1] + "…"
+        if len(message) > MAX_MESSAGE:  # cut in the middle: the end often holds the hint
+            half = (MAX_MESSAGE - 3) // 2
+            message = message[:half] + " … " + message[-half:]
         self.items.append(RuleProblem(line, column, message))
 
     @property

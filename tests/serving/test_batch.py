@@ -125,12 +125,17 @@ def test_a_second_score_run_on_the_same_store_is_refused_while_one_runs(trained_
     store = ScoreStore(folder)
     runs_before, outbox_before = store.runs(), store.event_counts()
     score = ("score", "--profile", str(trained_project.profile), "--as-of", "2025-06-22", "--out", str(folder))
+    rejects = folder / "rejects.csv"
+    rejects.write_text("the running score's rejects\n")
     with store.scoring_lock():  # as a running `score` holds it
         refused = trained_project.run(*score, check=False)
         with store.delivery_lock():  # delivery is not blocked by scoring
             pass
     assert refused.returncode == 1
     assert "another `crm-scoring score` is writing a run to" in " ".join(refused.stderr.split()), refused.stderr
+    # It stopped before loading anything: the running one's rejects file is untouched.
+    assert "load champion models" not in refused.stdout + refused.stderr
+    assert rejects.read_text() == "the running score's rejects\n"
     assert store.runs() == runs_before and store.event_counts() == outbox_before
     assert trained_project.run(*score).returncode == 0  # and once it is done
 

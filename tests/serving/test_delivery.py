@@ -270,9 +270,10 @@ def test_a_receiver_that_always_fails_stops_the_run_with_events_pending(tmp_path
             ["triggers", "deliver", "--url", receiver.url, "--max-attempts", "3", "--backoff", "0.01", "--max-backoff", "0.02", "--store", str(tmp_path)],
         )
         assert result.exit_code == 1, result.output
-        assert "attempts in a row (last: HTTP 400 Bad Request)" in result.output and "left pending" in result.output
+        assert "times in a row (last: HTTP 400 Bad Request)" in result.output and "left pending" in result.output
         assert "/hooks" not in result.output
-        assert 3 <= receiver.count() <= 4  # the failures in flight together, then nothing more
+        # Up to 4 in flight together (one failed round), then probes until 3 failed rounds.
+        assert 3 <= receiver.count() <= 6, receiver.count()
     assert store.event_counts() == {"pending": 6, "delivered": 0, "dead": 0}
 
 
@@ -289,18 +290,41 @@ def test_410_gone_stops_the_run_and_keeps_events_pending(tmp_path: Path) -> None
 def test_no_wait_makes_one_pass_and_leaves_scheduled_retries(tmp_path: Path) -> None:
     store = make_store(tmp_path, customers=2)  # 3 events
     first = event_ids(store)[0]
+    now = [datetime(2026, 1, 1)]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += timedelta(seconds=seconds)
+
     with serve(Receiver(lambda n, i: "500" if i == first else "ok")) as receiver:
-        report = deliver(store, receiver.url, SECRET, DeliveryPolicy(backoff=30, wait=False, concurrency=1))
-    # The failure holds the run for 30 s: a one-pass run ends there; the others used no attempt.
-    assert (report.attempts, report.delivered, report.retried, report.pending) == (1, 0, 1, 3)
+        policy = DeliveryPolicy(backoff=30, wait=False, concurrency=1, jitter=0.0)
+        report = deliver(store, receiver.url, SECRET, policy, clock=lambda: now[0], sleep=sleep)
+    # The failure holds the pass 30 s, then it sends the rest; the failed event's retry (due
+    # 30 s after the pass started) is the next run's.
+    assert (report.attempts, report.delivered, report.retried, report.pending) == (3, 2, 1, 1)
+    assert slept == [30.0]
     assert "still pending" in (report.failure_reason() or "")
     event = store.get_event(first)
     assert event["status"] == "pending" and event["attempts"] == 1  # type: ignore[index]
-    assert {e["attempts"] for e in store.iter_events() if e["id"] != first} == {0}
-    # The next pass (the hold is over) sends the rest; the failed one waits for its retry time.
-    with serve(Receiver(lambda n, i: "ok")) as receiver:
-        report = deliver(store, receiver.url, SECRET, DeliveryPolicy(backoff=30, wait=False, concurrency=1))
-    assert (report.delivered, report.pending) == (2, 1)
+
+
+def test_requests_failing_together_are_one_failed_round(tmp_path: Path) -> None:
+    # A receiver restart fails every request in flight at once: that is one failure, not
+    # `concurrency` of them, so the run holds and probes instead of stopping at once.
+    store = make_store(tmp_path, customers=40)  # 60 events in 40 groups
+    now = [datetime(2026, 1, 1)]
+
+    def sleep(seconds: float) -> None:
+        now[0] += timedelta(seconds=seconds)
+
+    def decide(n: int, _: str) -> str:
+        return "503" if n < 8 else "ok"
+
+    with serve(Receiver(decide, delay=0.05)) as receiver:
+        policy = DeliveryPolicy(concurrency=8, max_attempts=3, jitter=0.0)
+        report = deliver(store, receiver.url, SECRET, policy, clock=lambda: now[0], sleep=sleep)
+    assert report.ok and report.delivered == 60 and report.status_codes.get("503") == 8, report
 
 
 @pytest.mark.parametrize("down_minutes", [5, None])
@@ -318,15 +342,16 @@ def test_a_receiver_that_is_down_gets_probes_not_the_outbox(tmp_path: Path, down
     with serve(Receiver(decide)) as receiver:
         # The defaults: 10 attempts per event, back-off from 1 s up to 300 s.
         report = deliver(store, receiver.url, SECRET, DeliveryPolicy(jitter=0.0), clock=lambda: now[0], sleep=sleep)
-    # Up to 4 in flight when it went down, then one probe at a time after 8, 16, 32, ... s.
-    assert report.status_codes["503"] <= 10, report.status_codes
+    # Up to 4 in flight when it went down (one failed round), then one probe at a time after
+    # 1, 2, 4, ... 256 s: at most 13 failed requests.
+    assert report.status_codes["503"] <= 13, report.status_codes
     assert report.dead == 0 and max(e["attempts"] for e in store.iter_events()) < 10
     if down_minutes is not None:  # back within the run: everything delivered
         assert report.ok and report.delivered == 60, report
         assert now[0] >= start + timedelta(minutes=down_minutes)
     else:  # down for good: the run stops after 10 failures in a row, everything still pending
         assert not report.ok and report.pending == 60 and report.delivered == 0
-        assert "failed 10 attempts in a row (last: HTTP 503 Service Unavailable)" in (report.stopped or ""), report.stopped
+        assert "failed 10 times in a row (last: HTTP 503 Service Unavailable)" in (report.stopped or ""), report.stopped
         assert timedelta(minutes=5) < now[0] - start < timedelta(minutes=10)
 
 

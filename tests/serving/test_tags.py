@@ -682,6 +682,10 @@ def test_hostile_rules_files_get_problems_with_lines_not_crashes(tmp_path: Path)
     error, path = rejected(tmp_path, TIERS_HEADER + "segments:\n  s:\n    when: \"churn_risk == 'high'\"\n    description: ring\x07\n")
     assert f"{path}:{TIERS_HEADER.count(chr(10)) + 4}:" in str(error) and "'\\x07'" in str(error), str(error)
 
+    many = TIERS_HEADER.replace("values: [champions, at_risk]", "values: [" + ", ".join(f"segment_value_{i}" for i in range(30)) + "]")
+    error, _ = rejected(tmp_path, many + "segments:\n  s: \"rfm_segment == 'segment_value_7x'\"\n")
+    assert "did you mean 'segment_value_7'?" in str(error), str(error)  # a long message keeps its hint
+
     bomb = TIERS_HEADER.replace("values: [champions, at_risk]", "values: [&b " + "x" * 20_000 + ", " + ", ".join(["*b"] * 3000) + "]")
     error, _ = rejected(tmp_path, bomb)
     assert len(str(error)) < 100_000 and "more problem(s) not listed" in str(error), len(str(error))
