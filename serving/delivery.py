@@ -32,16 +32,16 @@ Hold: after any failed attempt the whole run pauses before its next POST, for
 ``backoff * 2**(failures-1)`` seconds where *failures* counts the run's failed rounds
 since its last 2xx (requests in flight together that fail together are one round; same
 cap, jitter and ``Retry-After`` as above). Events not sent because of a hold use up no
-attempt, and until the next 2xx the run sends one event at a time. So a receiver that is down, throttling (429) or
-deploying gets a few probes instead of the whole outbox at full speed, and its events keep
-their attempts while it recovers: with the defaults a 10-minute outage costs about ten
-attempts in all, not ten per event. When the run's failed rounds in a row reach
-``max_attempts`` (at least 3; about nine minutes of failures with the defaults) while
-events are pending, the run stops with
-the events pending and exits non-zero, naming the last error: a receiver that is down or
-misconfigured (wrong secret: 401, wrong path: 404) is reported instead of being probed for
-days, and the next run starts over. An event that keeps failing while others get through
-(a payload the receiver rejects) is dead-lettered after ``max_attempts`` as before.
+attempt, and until the next 2xx the run sends one event at a time. So a receiver that is
+down, throttling (429) or deploying gets a few probes instead of the whole outbox at full
+speed, and its events keep their attempts while it recovers: with the defaults a 5-minute
+outage costs about a dozen attempts in all, not ten per event. When the run's failed
+rounds in a row reach ``max_attempts`` (at least 3; about nine minutes of failures with
+the defaults) while events are pending, the run stops and exits non-zero, naming the last
+error, with the events left pending: a receiver that is down or misconfigured (wrong
+secret: 401, wrong path: 404) is reported instead of being probed for days, and the next
+run starts over. An event that keeps failing while others get through (a payload the
+receiver rejects) is dead-lettered after ``max_attempts`` as before.
 
 Order: events go out in outbox order (per customer, exits before entries); several customers
 are sent concurrently (``concurrency``) but one customer's events of a batch go out one after
@@ -49,7 +49,8 @@ the other. Retries can still reorder a customer's events: receivers should rely 
 ``previous_value``/``next_value`` and ``run_id`` rather than on arrival order.
 
 With ``wait`` (the default) a run lasts until nothing is pending: it sleeps until the next
-retry is due, so it ends with every event delivered or dead-lettered (or stopped by a 410).
+retry is due, so it ends with every event delivered or dead-lettered (or stopped: a 410, or
+too many failed rounds in a row).
 Without it, it makes one pass over the events due when it starts (those scheduled for
 later, and the retries the pass itself schedules, stay pending; its holds are waited out):
 the mode for a cron job.
@@ -302,7 +303,7 @@ class DeliveryReport:
     dead: int = 0  # dead-lettered by this run
     pending: int = 0  # still pending when the run ended
     dead_total: int = 0  # dead letters in the store (this run's and older ones)
-    stopped: str | None = None  # why the run stopped early (410 Gone, or max_attempts failures in a row)
+    stopped: str | None = None  # why the run stopped early (410 Gone, or too many failed rounds in a row)
     elapsed: float = 0.0
     status_codes: dict[str, int] = field(default_factory=dict)
 
