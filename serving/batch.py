@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -193,10 +194,8 @@ def score_profile(
     as_of = to_utc_naive(as_of)
     check_attribute_inputs(models, feature_params.attributes)
     check_currency(models, profile.currency)
-    if locked:
-        return _score_profile(profile, as_of, models, rules, store, feature_params, emit_initial, progress)
     # From choosing the previous run to committing this one: one run at a time per store.
-    with store.scoring_lock():
+    with nullcontext() if locked else store.scoring_lock():
         return _score_profile(profile, as_of, models, rules, store, feature_params, emit_initial, progress)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -195,9 +196,17 @@ class TagRules:
         """The tier tag that gives the `prediction` scores' (`lead`, `churn`, `ltv`) tier: the
         tag named `preferred` when it is a tier of those scores, else the first such tier tag
         in the file (a rules file may name it otherwise), else None."""
-        tiers = [t for t in self.tags if isinstance(t, TierTag) and t.score.split(".")[0] == prediction]
-        names = [t.name for t in tiers]
+        names = self._tier_tags_by_prediction.get(prediction, ())
         return preferred if preferred in names else (names[0] if names else None)
+
+    @cached_property
+    def _tier_tags_by_prediction(self) -> dict[str, tuple[str, ...]]:
+        # Once per rules object: `tier_tag_for` runs for every customer rendered.
+        found: dict[str, list[str]] = {}
+        for tag in self.tags:
+            if isinstance(tag, TierTag):
+                found.setdefault(tag.score.split(".")[0], []).append(tag.name)
+        return {prediction: tuple(names) for prediction, names in found.items()}
 
     def required_scores(self) -> frozenset[str]:
         """The score columns `evaluate_tags` reads (the frame must have all of them)."""
