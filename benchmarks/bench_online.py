@@ -270,12 +270,11 @@ def _in_process_engine(root: Path) -> Any:
         del os.environ[key]
     os.environ["CRMSCORE_PROJECT_DIR"] = str(root)
     from serving.engine import build_engine
-    from serving.settings import ServingSettings
-    from training.config import TrainingSettings
+    from serving.settings import CrmScoringSettings
 
-    settings = ServingSettings()
+    settings = CrmScoringSettings()
     return build_engine(
-        settings.resolved_store_dir, settings.tags_file, TrainingSettings(), workers=settings.online_workers, parallelism=settings.online_parallelism
+        settings.resolved_store_dir, settings.tags_file, settings, workers=settings.online_workers, parallelism=settings.online_parallelism
     )
 
 

@@ -27,6 +27,14 @@ from features.profile import Profile
 
 KEY = "customer_id"
 
+#: The version of the feature definitions. Raise it when a column keeps its name but changes
+#: meaning: models record the version they were trained with, and serving refuses a model of
+#: another version (its inputs would be computed differently from what it learned).
+#: 1: until 2026-12-06.
+#: 2: engagement totals (`events_count_*`, `days_since_last_event`, `active_days_30d`) count
+#:    every event type, not only the known ones.
+FEATURE_DEFINITIONS_VERSION = 2
+
 #: Columns that more than one family produces with one definition, so each family is
 #: complete on its own; the table keeps the first family's copy. Any other repeated
 #: column name is an error (two meanings under one name).

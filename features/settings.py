@@ -1,4 +1,9 @@
-"""One typed settings object; read from the environment (prefix CRMSCORE_) only when asked."""
+"""The feature side's settings: read from the environment (prefix CRMSCORE_) only when constructed.
+
+Commands and the service construct the one object of every setting,
+`serving.settings.CrmScoringSettings`, which is a `FeatureSettings` too; library code that
+only builds features may construct this part alone.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,8 @@ if TYPE_CHECKING:
     from features.pipeline import FeatureParams
 
 
-class Settings(BaseSettings):
-    """Configuration for every crm-scoring command. Construct it once and pass it in."""
+class FeatureSettings(BaseSettings):
+    """Configuration of profile loading and feature builds. Construct once and pass it in."""
 
     model_config = SettingsConfigDict(env_prefix="CRMSCORE_", extra="ignore")
 

@@ -21,7 +21,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from serving.cli_common import console, out
+from serving.cli_common import console, load_settings, out
 from serving.cli_common import errors_as_exit as _errors_as_exit
 from serving.cli_common import fail as _fail
 
@@ -70,12 +70,6 @@ def _step(label: str) -> Iterator[None]:
 def _run_step(label: str, fn: Callable[[], T]) -> T:
     with _step(label):
         return fn()
-
-
-def _settings():  # type: ignore[no-untyped-def]
-    from features.settings import Settings
-
-    return Settings()
 
 
 @data_app.command("generate")
@@ -130,7 +124,7 @@ def data_validate(
         from features.io import read_raw_profile, write_rejects
         from features.validation import validate_profile
 
-        settings = _settings()
+        settings = load_settings()
         rejects_path = rejects or _default_rejects_path(profile)
         con = connect(settings)
         result = _run_step("validate", lambda: validate_profile(read_raw_profile(con, profile), settings.max_reject_share))
@@ -189,7 +183,7 @@ def features_build(
         from features.pipeline import build_features
         from features.timeutil import to_utc_naive
 
-        settings = _settings()
+        settings = load_settings()
         cutoff = to_utc_naive(as_of)
         rejects_path = out_file.with_name(out_file.stem + ".rejects.csv")
         con = connect(settings)
@@ -226,7 +220,7 @@ def demo(
         out.print(f"demo done in {time.perf_counter() - start:.0f} s:")
         out.print(f"- profile: {profile_dir} (ground truth in truth.parquet)", highlight=False)
         out.print(f"- features as of {TRUTH_AS_OF:%Y-%m-%d}: {features_file}", highlight=False)
-        uri = tracking_uri(_training_settings())
+        uri = tracking_uri(load_settings())
         out.print(f"- MLflow store: {uri} (browse: mlflow ui --backend-store-uri {uri})", highlight=False)
         out.print("- report: notebooks/model_report.ipynb; registry: crm-scoring models list", highlight=False)
         for o in outcomes:
@@ -252,12 +246,6 @@ class TrainTask(str, Enum):
 TRAIN_TASKS: tuple[str, ...] = ("lead", "churn", "ltv")
 
 
-def _training_settings():  # type: ignore[no-untyped-def]
-    from training.config import TrainingSettings
-
-    return TrainingSettings()
-
-
 def _quiet_mlflow() -> None:
     # MLflow logs INFO/WARNING chatter (store migrations, pickling advice) that would bury the
     # progress lines; its errors still raise.
@@ -273,7 +261,9 @@ def _mlflow_errors_as_exit() -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        if type(exc).__name__ == "MlflowException" or type(exc).__module__.startswith("mlflow."):
+        # SQLAlchemy and alembic: a store MLflow cannot open or migrate (not a database, a
+        # migration left half-done by a crash).
+        if type(exc).__name__ == "MlflowException" or type(exc).__module__.split(".")[0] in ("mlflow", "sqlalchemy", "alembic"):
             message = str(getattr(exc, "message", exc)).strip().splitlines()
             _fail(f"MLflow: {message[0] if message else type(exc).__name__}")
         raise
@@ -340,19 +330,18 @@ def _train_and_report(
     from training.results import TASK_TO_MODEL
     from training.tracking import configure, tracking_uri
 
-    features_settings = _settings()
-    settings = _training_settings()
+    settings = load_settings()
     cutoff = to_utc_naive(as_of)
     horizon_days = parse_horizon(horizon)
     rejects_path = rejects or _default_rejects_path(profile)
-    con = connect(features_settings)
-    loaded = _load_validated(con, profile, rejects_path, features_settings, before=cutoff)
+    con = connect(settings)
+    loaded = _load_validated(con, profile, rejects_path, settings, before=cutoff)
     # The store is opened (and created if missing) only once the input is known to be usable.
     _quiet_mlflow()
     _run_step(f"open the MLflow store {tracking_uri(settings)}", lambda: configure(settings))
     console.print(f"as of {cutoff:%Y-%m-%d %H:%M:%S}, horizon {horizon_days} days", highlight=False)
     # lead and churn share cut-offs, hence feature tables: build each once (lazily).
-    cache = FeatureCache(loaded.profile, cutoff, features_settings.feature_params(), progress=_progress())
+    cache = FeatureCache(loaded.profile, cutoff, settings.feature_params(), progress=_progress())
     outcomes = []
     for task in tasks:
         # One model failing (too few positives, a fit that does not converge) must not cost the others.
@@ -433,7 +422,7 @@ def models_list(
         from training.results import MODEL_NAMES
         from training.tracking import tracking_uri
 
-        settings = _training_settings()
+        settings = load_settings()
         _quiet_mlflow()
         if name is not None and name not in MODEL_NAMES:
             raise registry.ModelNotFoundError(f"unknown model {name!r}; registered models are {', '.join(MODEL_NAMES)}")
@@ -467,7 +456,7 @@ def models_promote(
     with _errors_as_exit(), _mlflow_errors_as_exit():
         from training import registry
 
-        settings = _training_settings()
+        settings = load_settings()
         _quiet_mlflow()
         decision = _run_step(f"promotion gate for {name} v{version}", lambda: registry.promote(name, version, force, settings))
         if not decision.promoted:
@@ -483,7 +472,7 @@ def models_rollback(
     with _errors_as_exit(), _mlflow_errors_as_exit():
         from training import registry
 
-        settings = _training_settings()
+        settings = load_settings()
         _quiet_mlflow()
         result = registry.rollback(name, settings)
         out.print(f"{result.name}: champion v{result.from_version} -> v{result.to_version}", highlight=False)
@@ -492,9 +481,6 @@ def models_rollback(
 def main() -> None:  # pragma: no cover - console entry point helper
     app()
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
 
 
 def _register_serving_commands() -> None:
@@ -506,3 +492,7 @@ def _register_serving_commands() -> None:
 
 
 _register_serving_commands()
+
+
+if __name__ == "__main__":  # pragma: no cover - after every command is registered
+    sys.exit(app())

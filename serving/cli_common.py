@@ -1,4 +1,4 @@
-"""What every `crm-scoring` command module shares: the consoles and one-line failures."""
+"""What every `crm-scoring` command module shares: the settings, the consoles and one-line failures."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+if TYPE_CHECKING:
+    from serving.settings import CrmScoringSettings
 
 #: Rich cuts output to 80 columns when it is not a terminal (a pipe, a log file, `make run`
 #: under a CI runner): tables lose their names and commands break across lines. Piped
@@ -31,6 +36,15 @@ def fail(message: str, code: int = 1, *, one_line_per_problem: bool = False) -> 
     for line in lines[1:]:
         console.print(f"  {line}", highlight=False, soft_wrap=True, markup=False)
     raise typer.Exit(code)
+
+
+def load_settings(*, store: Path | None = None, tags: Path | None = None) -> CrmScoringSettings:
+    """The command's one settings object: the environment, then the command's `--store` / `--tags`."""
+    from serving.settings import read_settings
+
+    settings = read_settings()
+    updates = {name: value for name, value in (("store_dir", store), ("tags_file", tags)) if value is not None}
+    return settings.model_copy(update=updates) if updates else settings
 
 
 @contextmanager

@@ -16,18 +16,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from features.errors import CrmScoringError
-from serving.cli_common import console, errors_as_exit, out
-
-
-def _serving_settings(store: Path | None = None, tags: Path | None = None):  # type: ignore[no-untyped-def]
-    from serving.settings import ServingSettings
-
-    settings = ServingSettings()
-    updates = {k: v for k, v in (("store_dir", store), ("tags_file", tags)) if v is not None}
-    return settings.model_copy(update=updates) if updates else settings
+from serving.cli_common import console, errors_as_exit, load_settings, out
 
 
 def score(
@@ -38,7 +31,7 @@ def score(
     emit_initial: Annotated[bool, typer.Option("--emit-initial", help="On the first run, emit 'entered' events for every tag (default: baseline only).")] = False,
 ) -> None:
     """Score every profile with the champion models; write a snapshot and the tag/segment events."""
-    from serving.cli import _load_validated, _mlflow_errors_as_exit, _quiet_mlflow, _run_step, _settings, _training_settings
+    from serving.cli import _load_validated, _mlflow_errors_as_exit, _quiet_mlflow, _run_step
 
     with errors_as_exit(), _mlflow_errors_as_exit(), ExitStack() as held:
         from features.backend import connect
@@ -50,26 +43,27 @@ def score(
 
         started = time.perf_counter()
         cut_off = to_utc_naive(as_of)
-        settings = _serving_settings(store, tags)
+        settings = load_settings(store=store, tags=tags)
         score_store = ScoreStore(settings.resolved_store_dir)
         # Before loading anything: a second `score` on this store stops at once, before it
         # loads a profile beside the first one or rewrites the rejects file it named.
         held.enter_context(score_store.scoring_lock())
         rules = _run_step("load tag rules", lambda: load_tag_rules(settings.tags_file))
         _quiet_mlflow()
-        models = _run_step("load champion models", lambda: load_model_set(_training_settings(), threads=os.cpu_count()))
-        features_settings = _settings()
-        con = connect(features_settings)
+        models = _run_step("load champion models", lambda: load_model_set(settings, threads=os.cpu_count()))
+        for line in models.warnings:
+            console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        con = connect(settings)
         # Rejected rows go beside the output (the profile may be read-only).
         rejects = settings.resolved_store_dir / "rejects.csv"
-        loaded = _load_validated(con, Path(profile), rejects, features_settings, before=cut_off)
+        loaded = _load_validated(con, Path(profile), rejects, settings, before=cut_off)
 
         def report(message: str) -> None:
             console.print(f"  [dim]{message}[/]", highlight=False)
 
         result = score_profile(
             loaded.profile, cut_off, models, rules, score_store,
-            feature_params=features_settings.feature_params(), emit_initial=emit_initial, progress=report, locked=True,
+            feature_params=settings.feature_params(), emit_initial=emit_initial, progress=report, locked=True,
         )
         table = Table("tag", "value", "customers", title=f"run {result.run_id}")
         for tag, counts in result.tag_counts.items():
@@ -133,7 +127,7 @@ def serve(
     with errors_as_exit():
         from serving.tags import load_tag_rules
 
-        settings = _serving_settings()
+        settings = load_settings()
         # A bad rules file stops the command here, with its file:line:column problems; the
         # service itself would start and stay not ready.
         load_tag_rules(settings.tags_file)
@@ -149,11 +143,10 @@ def _stale_reason(latest, settings) -> str | None:  # type: ignore[no-untyped-de
     """Why `make run` should score again before serving: the latest batch run was scored with
     other models than the current champions (the API would serve the run's versions) or
     with other tag rules (the API would not start), or None."""
-    from serving.cli import _training_settings
     from serving.tags import load_tag_rules
     from training.registry import champions
 
-    versions = {info.name: str(info.version) for info in champions(_training_settings())}
+    versions = {info.name: str(info.version) for info in champions(settings)}
     if latest.models != versions:
         return "the latest batch run was scored with other models than the champions"
     if latest.rules_digest != load_tag_rules(settings.tags_file).digest:
@@ -167,7 +160,7 @@ def quickstart(
 ) -> None:
     """`make run`: train the demo models if no champion exists, batch-score if no snapshot exists (or the
     latest was scored with other champions or tag rules), then serve."""
-    from serving.cli import _quiet_mlflow, _training_settings, demo
+    from serving.cli import _quiet_mlflow, demo
 
     with errors_as_exit():
         from features.errors import ProfileError
@@ -176,9 +169,10 @@ def quickstart(
         from training.registry import ModelNotFoundError, champions
 
         check_port_free("127.0.0.1", port)  # before a minute of training and scoring
+        settings = load_settings()
         _quiet_mlflow()
         try:
-            deployed = {info.name for info in champions(_training_settings())}
+            deployed = {info.name for info in champions(settings)}
         except ModelNotFoundError:
             deployed = set()
         if not deployed:
@@ -186,7 +180,6 @@ def quickstart(
             demo(out_dir=data_dir, customers=50_000, seed=7)
         else:
             out.print(f"champions found ({', '.join(sorted(deployed))}): not retraining")
-        settings = _serving_settings()
         store = ScoreStore(settings.resolved_store_dir)
         latest = store.latest_run()
         why = "no batch snapshot yet" if latest is None else _stale_reason(latest, settings)

@@ -58,10 +58,10 @@ class EventStatus(str, Enum):
 
 def _open_store(store: Path | None):  # type: ignore[no-untyped-def]
     """The store to read: an error if the folder does not exist (a wrong --store, or no batch run yet)."""
-    from serving.settings import ServingSettings
+    from serving.cli_common import load_settings
     from serving.store import ScoreStore, StoreError
 
-    settings = ServingSettings()
+    settings = load_settings()
     directory = store if store is not None else settings.resolved_store_dir
     if not directory.is_dir():
         raise StoreError(f"no score store at {directory}: run `crm-scoring score` first or pass --store")

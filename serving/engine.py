@@ -38,6 +38,7 @@ from serving.schemas import CustomerIn, ScoreRequest, latest_allowed, now_utc, t
 from serving.scoring import KEY, PERCENTILE_OF, PercentileReference, add_reasons, not_eligible_result, render_result, score_records
 from serving.store import RunRecord, ScoreStore
 from serving.tags import TAG_COLUMN_PREFIX, AlignedPreviousTags, TagRules, load_tag_rules
+from training.config import TrainingSettings
 
 
 logger = logging.getLogger("crm_scoring.serving")
@@ -148,7 +149,7 @@ def served_run(runs: list[RunRecord], rules: TagRules) -> RunRecord:
     )
 
 
-def _warn_if_not_the_champions(run: RunRecord, settings: Any) -> None:
+def _warn_if_not_the_champions(run: RunRecord, settings: TrainingSettings | None) -> None:
     """Log when the served run's versions are not the current champions: a promotion or a
     rollback since the run (it reaches the API through `score`, then a reload)."""
     from training.registry import ModelNotFoundError, champions
@@ -574,7 +575,7 @@ class ScoringEngine:
 def build_engine(
     store_dir: Path,
     tags_file: Path | None,
-    training_settings: Any = None,
+    training_settings: TrainingSettings | None = None,
     *,
     feature_params: FeatureParams = FeatureParams(),
     workers: int = 4,
@@ -617,6 +618,8 @@ def build_engine(
     # and percentiles rank its scores among its own, and a restart between a promotion and
     # the next batch run still serves.
     models = load_model_set(training_settings, threads=prediction_threads, versions=run.models)
+    for line in models.warnings:
+        logger.warning("%s", line)
     check_attribute_inputs(models, feature_params.attributes)
     snapshot = load_snapshot_view(store, run)
     attributes = attribute_columns_for(models.input_types())

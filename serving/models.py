@@ -11,7 +11,7 @@ versions that scored the batch run it serves (`load_model_set(versions=...)`).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ import pandas as pd
 
 from features.errors import CrmScoringError
 from features.families.attributes import AGE_SUFFIX, ATTRIBUTE_PREFIX, AttributeParams, normalise_name
+from features.pipeline import FEATURE_DEFINITIONS_VERSION
 from serving.events import json_timestamp
 from training.config import TrainingSettings
 from training.results import MODEL_NAMES
@@ -64,6 +65,8 @@ class ServedModel:
     clv_horizon_days: int | None = None
     #: The currency of the training profile's amounts (None: not recorded, or none named).
     currency: str | None = None
+    #: The feature definitions version it was trained with (None: not recorded).
+    feature_version: int | None = None
 
     @property
     def prefix(self) -> str:
@@ -87,6 +90,7 @@ class ServedModel:
             entry["clv_horizon_days"] = self.clv_horizon_days
         if self.currency is not None:
             entry["currency"] = self.currency
+        entry["feature_version"] = self.feature_version
         return entry
 
 
@@ -95,6 +99,8 @@ class ModelSet:
     """The champions being served; a model without a champion is simply absent."""
 
     models: dict[str, ServedModel] = field(default_factory=dict)
+    #: What the caller should tell the user about these models (see `check_feature_version`).
+    warnings: tuple[str, ...] = ()
 
     def get(self, name: str) -> ServedModel | None:
         return self.models.get(name)
@@ -190,6 +196,7 @@ def served_model(champion: Any, threads: int | None = None) -> ServedModel:
         predict_with_reasons=together if callable(together) else None,
         clv_horizon_days=getattr(ltv_model, "horizon_days", None),
         currency=champion.currency,
+        feature_version=champion.feature_version,
     )
 
 
@@ -237,4 +244,25 @@ def load_model_set(
     if not loaded:
         reasons = "; ".join(f"{', '.join(models)}: {reason}" for reason, models in missing.items())
         raise ModelLoadError("no champion model to serve (" + reasons + ")")
-    return ModelSet(loaded)
+    return ModelSet(loaded, check_feature_version(loaded.values()))
+
+
+def check_feature_version(models: Iterable[ServedModel], current: int = FEATURE_DEFINITIONS_VERSION) -> tuple[str, ...]:
+    """Raise `ModelLoadError` when a model was trained with other feature definitions than this
+    code computes (a column that kept its name but changed meaning: the model would read
+    inputs computed differently from what it learned). A model that did not record its
+    version gets a warning line instead: it may predate the latest change."""
+    other = [f"{m.name} v{m.version} ({m.feature_version})" for m in models if m.feature_version not in (None, current)]
+    if other:
+        raise ModelLoadError(
+            f"trained with other feature definitions than this version of crm-scoring computes ({current}): "
+            f"{', '.join(other)}; retrain them (crm-scoring train) or run the version they were trained with"
+        )
+    unknown = [f"{m.name} v{m.version}" for m in models if m.feature_version is None]
+    if not unknown:
+        return ()
+    return (
+        f"{', '.join(unknown)} did not record the feature definitions they were trained with (trained before "
+        f"2026-12-07); the definitions are now version {current} (what changed: features.pipeline."
+        "FEATURE_DEFINITIONS_VERSION; 2: engagement totals count every event type): retrain if a change applies to your data",
+    )

@@ -28,7 +28,7 @@ import pandas as pd
 from serving.events import json_timestamp
 from serving.models import PREDICTION_OF_MODEL, ModelSet, ServedModel
 from serving.tags import PreviousTiers, TagColumns, TagRules, evaluate_tag_columns, evaluate_tags
-from training.pyfunc_model import ModelOutputError
+from training.results import ModelOutputError
 
 KEY = "customer_id"
 

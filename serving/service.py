@@ -56,7 +56,7 @@ from starlette.requests import ClientDisconnect
 from serving import bentoml_fixes
 from serving.events import json_timestamp
 from serving.schemas import ModelsResponse, ScoreByIdRequest, ScoreByIdResponse, ScoreRequest, ScoreResponse
-from serving.settings import ServingSettings, unknown_variables
+from serving.settings import read_settings, unknown_variables
 
 logger = logging.getLogger("crm_scoring.serving")
 
@@ -306,14 +306,10 @@ class CrmScoring:
     """Scoring API over the model versions of the latest batch run (see the module docstring)."""
 
     def __init__(self) -> None:
-        from features.settings import Settings
-        from training.config import TrainingSettings
-
-        self.settings = ServingSettings()
+        self.settings = read_settings()
         for line in unknown_variables(os.environ):  # `bentoml serve` run directly has no CLI to say it
             logger.warning("%s", line)
-        self.training_settings = TrainingSettings()
-        self.feature_params = Settings().feature_params()
+        self.feature_params = self.settings.feature_params()
         app.state.settings = self.settings
         app.state.service = self
         app.state.keys = KeyChecker(self.settings.resolved_api_keys(), self.settings.resolved_admin_keys())
@@ -346,7 +342,7 @@ class CrmScoring:
             engine = build_engine(
                 self.settings.resolved_store_dir,
                 self.settings.tags_file,
-                self.training_settings,
+                self.settings,
                 feature_params=self.feature_params,
                 workers=self.settings.online_workers,
                 parallelism=self.settings.online_parallelism,

@@ -1,8 +1,12 @@
-"""Settings of the serving side (batch store, API, trigger delivery); read from the environment only when constructed.
+"""The one typed settings object, `CrmScoringSettings`, and its serving part.
 
-Environment variables use the ``CRMSCORE_`` prefix, e.g. ``CRMSCORE_STORE_DIR``,
-``CRMSCORE_API_KEYS``, ``CRMSCORE_WEBHOOK_SECRET``. Construct one object at the edge (a CLI
-command, the service) and pass it in.
+Every setting of crm-scoring is a field of `CrmScoringSettings`, read from the environment
+(prefix ``CRMSCORE_``, e.g. ``CRMSCORE_STORE_DIR``, ``CRMSCORE_API_KEYS``,
+``CRMSCORE_EXPERIMENT_NAME``, ``CRMSCORE_MAX_REJECT_SHARE``) only when constructed. A CLI
+command or the service constructs it once and passes it in. It is made of three parts, one
+per package, so that each package types what it reads without importing the layers above
+it: `features.settings.FeatureSettings`, `training.config.TrainingSettings` and
+`ServingSettings` here; the object is an instance of all three.
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from features.errors import CrmScoringError
+from features.settings import FeatureSettings
+from training.config import TrainingSettings
 
 _KEY_SEPARATORS = re.compile(r"[,\n\r]+")
 
@@ -119,22 +126,42 @@ class ServingSettings(BaseSettings):
         return _keys(self.admin_keys, self.admin_keys_file, "CRMSCORE_ADMIN_KEYS_FILE")
 
 
+class CrmScoringSettings(ServingSettings, TrainingSettings, FeatureSettings):
+    """Every crm-scoring setting (features, training, serving) in one object. Construct once at
+    the edge and pass it in: it is accepted wherever one of its parts is expected."""
+
+    model_config = SettingsConfigDict(env_prefix="CRMSCORE_", extra="ignore")
+
+
 PREFIX = "CRMSCORE_"
 
 
-def known_variables() -> frozenset[str]:
-    """Every `CRMSCORE_` variable some settings object reads (features, training, serving)."""
-    from features.settings import Settings
-    from training.config import TrainingSettings
+def read_settings() -> CrmScoringSettings:
+    """The settings from the environment; a bad value is a `SettingsError` naming each variable."""
+    try:
+        return CrmScoringSettings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{PREFIX}{'_'.join(str(part) for part in error['loc'][:1]).upper()}={error.get('input')!r}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        )
+        raise SettingsError(f"bad setting: {problems}") from None
+    except PydanticSettingsError as exc:  # a list or mapping setting whose value is not JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"{PREFIX}{field.group(1).upper()}" if field else "a CRMSCORE_ variable"
+        raise SettingsError(f'bad setting: {name} is not valid JSON (a list is written ["email", "phone"])') from None
 
-    return frozenset(f"{PREFIX}{name.upper()}" for cls in (Settings, TrainingSettings, ServingSettings) for name in cls.model_fields)
+
+def known_variables() -> frozenset[str]:
+    """Every `CRMSCORE_` variable the settings read."""
+    return frozenset(f"{PREFIX}{name.upper()}" for name in CrmScoringSettings.model_fields)
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """One line per `CRMSCORE_` variable that no setting reads, with the nearest known name.
 
-    The three settings objects each ignore the others' variables, so a misspelt one
-    (`CRMSCORE_API_KEY` for `CRMSCORE_API_KEYS`) would otherwise be dropped without a word.
+    The settings ignore variables they do not know, so a misspelt one (`CRMSCORE_API_KEY` for
+    `CRMSCORE_API_KEYS`) would otherwise be dropped without a word.
     Names are matched without regard to case, as the settings read them.
     """
     known = known_variables()

@@ -170,14 +170,16 @@ def bgnbd_expected_purchases(
 ) -> BaselineScore:
     """Minus BG/NBD's expected purchases in the next `horizon_days` (higher = more likely to churn).
 
-    Fits a `CustomerLtvModel` on the table's rfm columns unless a fitted `model` is given.
+    Fits BG/NBD alone (`spend_model=False`: churn needs no order values, so Gamma-Gamma's
+    failures on odd spend must not cost it) on the table's rfm columns, unless a fitted
+    `model` is given.
     """
     missing = [c for c in RFM_COLUMNS if c not in table.columns]
     if missing:
         raise BaselineError(f"the BG/NBD baseline needs the rfm columns {missing}")
     rfm = table[list(RFM_COLUMNS)]
     if model is None:
-        model = CustomerLtvModel(horizon_days=int(round(horizon_days))).fit(rfm)
+        model = CustomerLtvModel(horizon_days=max(1, int(round(horizon_days))), spend_model=False).fit(rfm)
     expected = model.expected_purchases(rfm, t_days=horizon_days).to_numpy(dtype="float64")
     if np.isnan(expected).any():
         raise BaselineError(f"{int(np.isnan(expected).sum())} row(s) without a purchase: BG/NBD scores buyers only")

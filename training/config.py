@@ -1,7 +1,9 @@
 """Settings of the training side (MLflow store, experiment, promotion gate).
 
-One typed object, read from the environment (prefix `CRMSCORE_`) only when constructed;
-commands build it once and pass it in. Nothing here touches MLflow or the file system.
+Read from the environment (prefix `CRMSCORE_`) only when constructed. Commands and the
+service construct the one object of every setting, `serving.settings.CrmScoringSettings`,
+which is a `TrainingSettings` too, and pass it in. Nothing here touches MLflow or the file
+system.
 
 The promotion gate compares the candidate with the champion on the primary metric of the
 model (`TrainingResult.primary_metric`) and tolerates a small loss, because two models

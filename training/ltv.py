@@ -533,6 +533,13 @@ class CustomerLtvModel(BaseEstimator):
         mean, so the penalty does not depend on the currency).
     horizon_days: horizon of `expected_purchases` and `clv` in `predict`.
     monthly_discount_rate: CLV discount per 30-day step.
+    spend_model: fit Gamma-Gamma too (default). False: BG/NBD only, for purchase counts and
+        p_alive (the churn baseline), which then cannot fail on order values; `predict`,
+        `expected_order_value` and `clv` raise.
+    min_customers, min_repeat_buyers: the smallest population fitted (customers with a
+        purchase; repeat buyers, with a spend for Gamma-Gamma). Below them a penalised fit
+        still "converges", but its parameters come from the penalty, not the data (standard
+        errors larger than the estimates), so `fit` raises `LtvFitError` instead.
 
     Learned attributes: bgnbd_params_, gg_params_, bgnbd_standard_errors_,
     gg_standard_errors_, bgnbd_penalizer_, gg_penalizer_, log_likelihood_ (BG/NBD, in the time
@@ -548,17 +555,24 @@ class CustomerLtvModel(BaseEstimator):
         gg_penalizer_ladder: tuple[float, ...] = DEFAULT_PENALIZER_LADDER,
         horizon_days: int = 365,
         monthly_discount_rate: float = 0.01,
+        spend_model: bool = True,
+        min_customers: int = 30,
+        min_repeat_buyers: int = 10,
     ) -> None:
         self.time_unit_days = time_unit_days
         self.penalizer_ladder = penalizer_ladder
         self.gg_penalizer_ladder = gg_penalizer_ladder
         self.horizon_days = horizon_days
         self.monthly_discount_rate = monthly_discount_rate
+        self.spend_model = spend_model
+        self.min_customers = min_customers
+        self.min_repeat_buyers = min_repeat_buyers
 
     # ---- fitting ---------------------------------------------------------------------
 
     def fit(self, X: pd.DataFrame, y: None = None) -> CustomerLtvModel:
-        """Fit BG/NBD on every customer with a purchase and Gamma-Gamma on the repeat buyers (x > 0, zbar > 0)."""
+        """Fit BG/NBD on every customer with a purchase and (with `spend_model`) Gamma-Gamma on
+        the repeat buyers (x > 0, zbar > 0)."""
         self._check_hyperparameters()
         rows = _prepare(X)
         # A refit must not leave a previous fit's state behind if it fails.
@@ -574,22 +588,25 @@ class CustomerLtvModel(BaseEstimator):
 
     def _fit_rows(self, rows: _Rows, attempts: list[FitAttempt]) -> None:
         bg_out, bg_pen, bg_ll, n_patterns = self._fit_bgnbd(rows, attempts)
-        gg_out, gg_pen, gg_ll, n_gg_patterns, n_repeat_buyers = self._fit_gamma_gamma(rows, attempts)
+        gamma_gamma = self._fit_gamma_gamma(rows, attempts) if self.spend_model else None
         # Set only once both sub-models are fitted, so a failed fit leaves no half-fitted model.
         self.bgnbd_params_ = BgNbdParams(*(bg_out.params[k] for k in BgNbdParams._fields))
         self.bgnbd_standard_errors_ = dict(bg_out.standard_errors)
         self.bgnbd_penalizer_ = bg_pen
         self.log_likelihood_ = bg_ll
+        self.n_customers_ = len(rows.x)
+        self.n_excluded_ = rows.n_rows - len(rows.x)
+        self.n_patterns_ = n_patterns
+        if gamma_gamma is None:
+            return
+        gg_out, gg_pen, gg_ll, n_gg_patterns, n_repeat_buyers = gamma_gamma
         self.gg_params_ = GammaGammaParams(*(gg_out.params[k] for k in GammaGammaParams._fields))
         self.gg_standard_errors_ = dict(gg_out.standard_errors)
         self.gg_penalizer_ = gg_pen
         self.gg_log_likelihood_ = gg_ll
         p, q, v = self.gg_params_
         self.population_mean_order_value_ = v * p / (q - 1)
-        self.n_customers_ = len(rows.x)
         self.n_repeat_buyers_ = n_repeat_buyers
-        self.n_excluded_ = rows.n_rows - len(rows.x)
-        self.n_patterns_ = n_patterns
         self.n_gg_patterns_ = n_gg_patterns
 
     def _fit_bgnbd(self, rows: _Rows, attempts: list[FitAttempt]) -> tuple[_FitterOutput, float, float, int]:
@@ -603,6 +620,13 @@ class CustomerLtvModel(BaseEstimator):
         px_int = px.astype(np.int64)
         ptx_u, pT_u = ptx / unit, pT / unit
         n_repeat = int((rows.x > 0).sum())
+        if len(rows.x) < self.min_customers or n_repeat < self.min_repeat_buyers:
+            raise LtvFitError(
+                f"customer_ltv: BG/NBD needs at least {self.min_customers} customers with a purchase and "
+                f"{self.min_repeat_buyers} repeat buyers (min_customers / min_repeat_buyers), found {len(rows.x)} "
+                f"and {n_repeat}: too few to estimate purchase rates",
+                attempts,
+            )
         sample = _warm_start_sample(counts)
 
         def fit_bgnbd(penalizer: float, start: _FitterOutput | None) -> _FitterOutput:
@@ -642,6 +666,12 @@ class CustomerLtvModel(BaseEstimator):
             raise LtvFitError(
                 "customer_ltv: Gamma-Gamma needs repeat buyers with monetary_value > 0, found none "
                 f"({n_repeat} customers with x > 0 among {len(rows.x)})",
+                attempts,
+            )
+        if int(gg_mask.sum()) < self.min_repeat_buyers:
+            raise LtvFitError(
+                f"customer_ltv: Gamma-Gamma needs at least {self.min_repeat_buyers} repeat buyers with "
+                f"monetary_value > 0 (min_repeat_buyers), found {int(gg_mask.sum())}: too few to estimate order values",
                 attempts,
             )
         (gx, gz), gcounts, _ = compress(rows.x[gg_mask], rows.zbar[gg_mask])
@@ -695,6 +725,10 @@ class CustomerLtvModel(BaseEstimator):
             problems.append(f"horizon_days must be > 0, got {self.horizon_days!r}")
         if not (isinstance(self.monthly_discount_rate, numbers.Real) and self.monthly_discount_rate >= 0):
             problems.append(f"monthly_discount_rate must be >= 0, got {self.monthly_discount_rate!r}")
+        for name in ("min_customers", "min_repeat_buyers"):
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Integral) and value >= 1):
+                problems.append(f"{name} must be an integer >= 1, got {value!r}")
         if problems:
             raise LtvInputError("CustomerLtvModel: " + "; ".join(problems))
 
@@ -710,7 +744,7 @@ class CustomerLtvModel(BaseEstimator):
 
     def predict_values(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
         """`predict(X)`'s output columns as float64 arrays, without the frame (what serving reads)."""
-        rows = self._rows(X)
+        rows = self._rows(X, spend=True)
         x, t_x, T = rows.x, rows.t_x_days / self.time_unit_days, rows.T_days / self.time_unit_days
         (ux, utx, uT), _, inverse = compress(x, t_x, T)
         order_value = gamma_gamma_conditional_mean(self.gg_params_, x, rows.zbar)
@@ -745,7 +779,7 @@ class CustomerLtvModel(BaseEstimator):
 
     def expected_order_value(self, X: pd.DataFrame) -> pd.Series:
         """Gamma-Gamma E[value of a purchase day | x, zbar]; the population mean for x = 0."""
-        rows = self._rows(X)
+        rows = self._rows(X, spend=True)
         value = gamma_gamma_conditional_mean(self.gg_params_, rows.x, rows.zbar)
         return self._frame(X, rows, {"expected_order_value": value})["expected_order_value"]
 
@@ -757,7 +791,7 @@ class CustomerLtvModel(BaseEstimator):
         rate = float(self.monthly_discount_rate if monthly_discount_rate is None else monthly_discount_rate)
         if not (math.isfinite(horizon) and horizon > 0 and math.isfinite(rate) and rate >= 0):
             raise LtvInputError(f"clv needs horizon_days > 0 and monthly_discount_rate >= 0, got {horizon}, {rate}")
-        rows = self._rows(X)
+        rows = self._rows(X, spend=True)
         unit = self.time_unit_days
         (ux, utx, uT), _, inverse = compress(rows.x, rows.t_x_days / unit, rows.T_days / unit)
         value = self._discounted_purchases(ux, utx, uT, horizon, rate)[inverse] * gamma_gamma_conditional_mean(
@@ -772,7 +806,7 @@ class CustomerLtvModel(BaseEstimator):
 
     def summary_metrics(self) -> dict[str, float]:
         """Fitted values under the names the MLflow runs log (DESIGN.md, "Interfaces")."""
-        self._check_fitted()
+        self._check_fitted(spend=True)
         r, alpha, a, b = self.bgnbd_params_
         p, q, v = self.gg_params_
         return {
@@ -794,12 +828,14 @@ class CustomerLtvModel(BaseEstimator):
 
     # ---- helpers ---------------------------------------------------------------------
 
-    def _check_fitted(self) -> None:
+    def _check_fitted(self, spend: bool = False) -> None:
         if not hasattr(self, "bgnbd_params_"):
             raise NotFittedError("This CustomerLtvModel is not fitted yet: call fit() first.")
+        if spend and not hasattr(self, "gg_params_"):
+            raise NotFittedError("This CustomerLtvModel was fitted with spend_model=False: it has no order values or CLV.")
 
-    def _rows(self, X: pd.DataFrame) -> _Rows:
-        self._check_fitted()
+    def _rows(self, X: pd.DataFrame, spend: bool = False) -> _Rows:
+        self._check_fitted(spend)
         return _prepare(X)
 
     def _expected_in(self, t_days: float, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:

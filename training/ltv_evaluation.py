@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from features.timeutil import to_utc_naive
 from training.ltv import KEY_COLUMN, CustomerLtvModel, LtvInputError
 
 if TYPE_CHECKING:
@@ -45,19 +46,28 @@ DAY = np.timedelta64(1, "D")
 # --------------------------------------------------------------------------------------
 
 
-def _utc_days(values: pd.Series) -> pd.Series:
-    """Calendar days (naive UTC midnight) of timestamps; tz-aware ones are converted to UTC first."""
+def _utc_naive(values: pd.Series) -> pd.Series:
+    """Timestamps as naive UTC; tz-aware ones are converted to UTC first."""
     at = pd.to_datetime(values)
     if at.dt.tz is not None:
         at = at.dt.tz_convert("UTC").dt.tz_localize(None)
-    return at.dt.floor("D")
+    return at
+
+
+def _utc_days(values: pd.Series) -> pd.Series:
+    """Calendar days (naive UTC midnight) of timestamps."""
+    return _utc_naive(values).dt.floor("D")
+
+
+def _require(orders: pd.DataFrame, columns: tuple[str, ...]) -> None:
+    missing = [c for c in columns if c not in orders.columns]
+    if missing:
+        raise LtvInputError(f"orders lack column(s) {missing} (needs {list(columns)})")
 
 
 def _purchase_days(orders: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
     """orders -> one row per (customer_id, day) with the day's revenue (when `amount` is asked for)."""
-    missing = [c for c in columns if c not in orders.columns]
-    if missing:
-        raise LtvInputError(f"orders lack column(s) {missing} (needs {list(columns)})")
+    _require(orders, columns)
     frame = pd.DataFrame(
         {"customer_id": orders["customer_id"].to_numpy(), "day": _utc_days(orders["ordered_at"]).to_numpy()}
     )
@@ -73,10 +83,14 @@ def holdout_purchases(
     """Per customer with an order in [start, end): `purchases` (distinct purchase days) and `revenue`.
 
     Indexed by customer_id; customers without a holdout order are absent (count them as 0).
+    The window is on the orders' instants (bounds need not be midnights), then orders are
+    reduced to purchase days.
     """
-    start, end = pd.Timestamp(start), pd.Timestamp(end)
-    days = _purchase_days(orders, ("customer_id", "ordered_at", "amount"))
-    days = days[(days["day"] >= start) & (days["day"] < end)]
+    start, end = to_utc_naive(start), to_utc_naive(end)
+    columns = ("customer_id", "ordered_at", "amount")
+    _require(orders, columns)
+    at = _utc_naive(orders["ordered_at"])
+    days = _purchase_days(orders[((at >= start) & (at < end)).to_numpy()], columns)
     result = days.groupby("customer_id").agg(purchases=("day", "size"), revenue=("amount", "sum"))
     result["purchases"] = result["purchases"].astype("int64")
     return result

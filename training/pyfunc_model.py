@@ -20,16 +20,14 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 
+from training.results import ModelOutputError
+
 #: Output columns of each registered model's pyfunc.
 OUTPUT_COLUMNS: dict[str, tuple[str, ...]] = {
     "lead_scoring": ("probability",),
     "churn_propensity": ("probability",),
     "customer_ltv": ("p_alive", "expected_purchases", "expected_order_value", "clv"),
 }
-
-
-class ModelOutputError(ValueError):
-    """The wrapped model's predict_frame did not return the promised columns or rows."""
 
 
 class CrmScoringPyfunc(mlflow.pyfunc.PythonModel):

@@ -119,6 +119,8 @@ class ModelVersionInfo:
     created_at: datetime | None = None
     #: The currency of the training profile's amounts (None: not recorded, or no order named one).
     currency: str | None = None
+    #: The feature definitions version it was trained with (None: trained before it was recorded).
+    feature_version: int | None = None
 
     @property
     def is_champion(self) -> bool:
@@ -149,6 +151,7 @@ class ChampionModel:
     metrics: dict[str, float]
     model: Any  # mlflow.pyfunc.PyFuncModel
     currency: str | None = None  # of the training profile's amounts
+    feature_version: int | None = None  # see ModelVersionInfo
 
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:
         return self.model.predict(features)
@@ -250,23 +253,22 @@ def _metric_function(metric: str, model_name: str) -> tuple[str, Callable[[np.nd
     raise RegistryError(f"{model_name}: the promotion gate cannot compute the primary metric {metric!r}")
 
 
-def _predict(model: Any, validation: pd.DataFrame, column: str) -> np.ndarray:
-    # Only the columns the model declares: extra ones (labels, ids) would only raise warnings.
-    schema = model.metadata.get_input_schema()
-    frame = validation
-    if schema is not None:
-        # Name the missing columns ourselves: MLflow's schema error dumps the whole frame.
-        missing = [n for n in schema.required_input_names() if n not in validation.columns]
-        if missing:
-            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-            raise RegistryError(f"the model needs column(s) the validation rows lack: {shown}")
-        frame = validation[[n for n in schema.input_names() if n in validation.columns]]
-    output = model.predict(frame)
-    if isinstance(output, pd.DataFrame):
-        values = output[column] if column in output.columns else output.iloc[:, 0]
+def _predict(model: Any, validation: pd.DataFrame, column: str, horizon_days: float | None = None) -> np.ndarray:
+    """The model's `column` for each validation row, computed as serving does: through the
+    wrapped model's `predict_frame` (MLflow's schema enforcement would refuse, say, a null in
+    an integer attribute that the model itself handles). customer_ltv's expected purchases
+    are over `horizon_days` (the candidate's holdout window), not the served CLV horizon."""
+    wrapper = model.unwrap_python_model()
+    missing = [n for n in wrapper.feature_columns if n not in validation.columns]
+    if missing:
+        # Named here: a KeyError would dump the whole frame.
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise RegistryError(f"the model needs column(s) the validation rows lack: {shown}")
+    ltv = getattr(getattr(wrapper, "model", None), "model", None)  # LtvServingModel -> CustomerLtvModel
+    if column == "expected_purchases" and horizon_days is not None and callable(getattr(ltv, "expected_purchases", None)):
+        values = ltv.expected_purchases(validation[wrapper.feature_columns], t_days=horizon_days)
     else:
-        values = np.asarray(output)
-        values = values[:, -1] if values.ndim == 2 else values
+        values = wrapper.predict_frame(validation)[column]
     array = np.asarray(values, dtype="float64").reshape(-1)
     if len(array) != len(validation):
         raise RegistryError(f"the model returned {len(array)} predictions for {len(validation)} rows")
@@ -377,7 +379,9 @@ def _floor_refusal(
     else:
         kept = f"champion v{champion} is kept"
         if champion_value is not None:
-            kept += f" (itself at {champion_value:.4f} on the candidate's validation rows)"
+            kept += f" (itself at {champion_value:.4f} " + (
+                "on the candidate's validation rows)" if rows_scored else "out of time on its own validation window)"
+            )
     reason = (
         f"below the baseline floor: {name} v{version} {floor.numbers()}; {kept}. "
         f"To promote it anyway: crm-scoring models promote {name} {version} --force"
@@ -456,7 +460,8 @@ def promote(
 
     # Amounts are never converted: the gate would compare the champion's predictions on rows
     # in a currency it never saw, and `score` refuses a profile that does not match its models.
-    currencies = (mv.tags or {}).get(tracking.TAG_CURRENCY), (client.get_model_version(name, champion).tags or {}).get(tracking.TAG_CURRENCY)
+    champion_mv = client.get_model_version(name, champion)
+    currencies = (mv.tags or {}).get(tracking.TAG_CURRENCY), (champion_mv.tags or {}).get(tracking.TAG_CURRENCY)
     if None not in currencies and currencies[0] != currencies[1]:
         return PromotionDecision(
             name,
@@ -469,48 +474,40 @@ def promote(
 
     metric, greater, label = _gate_facts(client, mv)
     floor = _floor_of(client, mv, metric, greater, settings)
-    frame = _validation_frame(mv, validation, settings)
-    if label not in frame.columns:
-        raise RegistryError(f"{name} v{version}: the validation rows have no {label!r} column")
-    column, score = _metric_function(metric, name)
-    outcome = pd.to_numeric(frame[label].astype("float64"), errors="coerce").to_numpy()
-
-    if OOT_PREDICTION in frame.columns:
-        # The served candidate was refit on these very labels: use its out-of-time predictions.
-        candidate_pred = pd.to_numeric(frame[OOT_PREDICTION], errors="coerce").to_numpy(dtype="float64")
-        frame = frame.drop(columns=[OOT_PREDICTION])
+    seen = _window_seen_by(champion_mv, mv)
+    if seen is not None:
+        # The champion was trained on data after the candidate's validation cut-off (the same
+        # as_of, say): its predictions on those rows are not out of time, so each run's own
+        # out-of-time value is compared instead (each on its own validation window).
+        candidate_value = _logged_value(client, mv, metric)
+        champion_value = _logged_value(client, champion_mv, metric)
+        if candidate_value is None or champion_value is None:
+            missing = f"v{version}" if candidate_value is None else f"champion v{champion}"
+            return PromotionDecision(
+                name, version, False, f"{missing} logged no finite {metric} to compare; use --force to replace the champion",
+                metric=metric, greater_is_better=greater, champion_version=champion,
+            )
+        rows = 0
+        where = f"(logged out-of-time values: {seen})"
     else:
-        try:
-            candidate_pred = _predict(_load_pyfunc(f"models:/{name}/{version}"), frame, column)
-        except Exception as exc:  # noqa: BLE001 - MLflow / model errors of any kind: the candidate is unusable
-            raise RegistryError(f"{name} v{version} cannot score its own validation rows: {tracking.first_line(exc)}") from exc
-    try:
-        champion_pred = _predict(_load_pyfunc(f"models:/{name}/{champion}"), frame, column)
-    except Exception as exc:  # noqa: BLE001 - an unloadable champion must not block a decision silently
-        return PromotionDecision(
-            name,
-            version,
-            False,
-            f"champion v{champion} cannot be scored on the candidate's validation rows "
-            f"({tracking.first_line(exc)}); use --force to replace it",
-            metric=metric,
-            greater_is_better=greater,
-            champion_version=champion,
+        candidate_value, champion_value, rows = _scored_on_validation_rows(
+            name, version, champion, mv, metric, label, validation, settings
         )
-
-    mask = np.isfinite(outcome) & np.isfinite(candidate_pred) & np.isfinite(champion_pred)
-    rows = int(mask.sum())
-    if rows == 0:
-        raise RegistryError(f"{name} v{version}: no validation row has an outcome and both predictions")
-    try:
-        candidate_value = score(outcome[mask], candidate_pred[mask])
-        champion_value = score(outcome[mask], champion_pred[mask])
-    except ValueError as exc:  # e.g. a single class in the labels: AUC undefined
-        raise RegistryError(f"{name} v{version}: {metric} cannot be computed on the validation rows: {exc}") from exc
-
+        if champion_value is None:
+            return PromotionDecision(
+                name,
+                version,
+                False,
+                f"champion v{champion} cannot be scored on the candidate's validation rows "
+                f"({rows}); use --force to replace it",
+                metric=metric,
+                greater_is_better=greater,
+                champion_version=champion,
+            )
+        where = f"on {rows:,} validation rows"
     ok, tol, rule = _passes(candidate_value, champion_value, greater, settings)
     numbers = (
-        f"{metric} {candidate_value:.4f} vs champion v{champion} {champion_value:.4f} on {rows:,} validation rows "
+        f"{metric} {candidate_value:.4f} vs champion v{champion} {champion_value:.4f} {where} "
         f"(the candidate {rule} the champion)"
     )
     if ok and floor is not None and not floor.passed:
@@ -538,6 +535,73 @@ def promote(
     return decision
 
 
+def _window_seen_by(champion: ModelVersion, candidate: ModelVersion) -> str | None:
+    """Why the champion cannot be scored out of time on the candidate's validation rows (it was
+    trained on data at or after their cut-off), or None when it can."""
+    champion_as_of = (champion.tags or {}).get(tracking.TAG_AS_OF)
+    cut_off = (candidate.tags or {}).get(tracking.TAG_VALIDATION_AS_OF)
+    if not champion_as_of or not cut_off:
+        return None
+    if pd.Timestamp(champion_as_of) <= pd.Timestamp(cut_off):
+        return None
+    return (
+        f"champion v{champion.version} was trained on data up to {champion_as_of}, after the candidate's validation "
+        f"cut-off {cut_off}"
+    )
+
+
+def _logged_value(client: MlflowClient, mv: ModelVersion, metric: str) -> float | None:
+    """The out-of-time value of `metric` the version's run logged (None when absent or not finite)."""
+    if not mv.run_id:
+        return None
+    value = client.get_run(mv.run_id).data.metrics.get(metric)
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _scored_on_validation_rows(
+    name: str,
+    version: str,
+    champion: str,
+    mv: ModelVersion,
+    metric: str,
+    label: str,
+    validation: pd.DataFrame | None,
+    settings: TrainingSettings,
+) -> tuple[float, float | None, Any]:
+    """(candidate value, champion value, rows scored) on the candidate's validation rows; when
+    the champion cannot be scored: (candidate value or nan, None, the reason)."""
+    frame = _validation_frame(mv, validation, settings)
+    if label not in frame.columns:
+        raise RegistryError(f"{name} v{version}: the validation rows have no {label!r} column")
+    column, score = _metric_function(metric, name)
+    outcome = pd.to_numeric(frame[label].astype("float64"), errors="coerce").to_numpy()
+    horizon = (mv.tags or {}).get(tracking.TAG_HORIZON_DAYS)
+    horizon_days = float(horizon) if horizon and horizon.isdigit() else None
+
+    if OOT_PREDICTION in frame.columns:
+        # The served candidate was refit on these very labels: use its out-of-time predictions.
+        candidate_pred = pd.to_numeric(frame[OOT_PREDICTION], errors="coerce").to_numpy(dtype="float64")
+        frame = frame.drop(columns=[OOT_PREDICTION])
+    else:
+        try:
+            candidate_pred = _predict(_load_pyfunc(f"models:/{name}/{version}"), frame, column, horizon_days)
+        except Exception as exc:  # noqa: BLE001 - MLflow / model errors of any kind: the candidate is unusable
+            raise RegistryError(f"{name} v{version} cannot score its own validation rows: {tracking.first_line(exc)}") from exc
+    try:
+        champion_pred = _predict(_load_pyfunc(f"models:/{name}/{champion}"), frame, column, horizon_days)
+    except Exception as exc:  # noqa: BLE001 - an unloadable champion must not block a decision silently
+        return math.nan, None, tracking.first_line(exc)
+
+    mask = np.isfinite(outcome) & np.isfinite(candidate_pred) & np.isfinite(champion_pred)
+    rows = int(mask.sum())
+    if rows == 0:
+        raise RegistryError(f"{name} v{version}: no validation row has an outcome and both predictions")
+    try:
+        return score(outcome[mask], candidate_pred[mask]), score(outcome[mask], champion_pred[mask]), rows
+    except ValueError as exc:  # e.g. a single class in the labels: AUC undefined
+        raise RegistryError(f"{name} v{version}: {metric} cannot be computed on the validation rows: {exc}") from exc
+
+
 def _set_champion(client: MlflowClient, name: str, version: str, current: str | None, reason: str) -> None:
     history = _history(client, name, current)
     history.append(version)
@@ -562,17 +626,18 @@ def rollback(name: str, settings: TrainingSettings | None = None) -> RollbackRes
     history = _history(client, name, current)
     history.pop()
     existing = {str(v.version) for v in _registered_versions(client, name)}
-    while history and history[-1] not in existing:  # a deleted version cannot serve again
-        history.pop()
+    history = [v for v in history if v in existing]  # a deleted version cannot serve again
     if not history:
         raise RegistryError(f"{name} has no previous champion to roll back to (v{current} is the only one promoted)")
     target = history[-1]
-    client.set_registered_model_alias(name, CHAMPION, target)
+    # The champion alias moves last: if a step fails, serving is unchanged, and a retry (the
+    # history reconciled with the alias) makes the same move.
+    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history))
     if len(history) >= 2:
         client.set_registered_model_alias(name, PREVIOUS_CHAMPION, history[-2])
-    else:
+    elif PREVIOUS_CHAMPION in (client.get_registered_model(name).aliases or {}):
         client.delete_registered_model_alias(name, PREVIOUS_CHAMPION)
-    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history))
+    client.set_registered_model_alias(name, CHAMPION, target)
     client.set_model_version_tag(name, current, TAG_ROLLED_BACK_AT, _now())
     return RollbackResult(name, current, target)
 
@@ -603,6 +668,7 @@ def _info(client: MlflowClient, mv: ModelVersion, aliases: dict[str, list[str]])
     primary = tags.get(tracking.TAG_PRIMARY_METRIC)
     value = metrics.get(primary) if primary else None
     horizon = tags.get(tracking.TAG_HORIZON_DAYS)
+    feature_version = tags.get(tracking.TAG_FEATURE_VERSION)
     created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC) if mv.creation_timestamp else None
     return ModelVersionInfo(
         name=mv.name,
@@ -617,6 +683,7 @@ def _info(client: MlflowClient, mv: ModelVersion, aliases: dict[str, list[str]])
         metrics=metrics,
         created_at=created,
         currency=tags.get(tracking.TAG_CURRENCY),
+        feature_version=int(feature_version) if feature_version and feature_version.isdigit() else None,
     )
 
 
@@ -681,4 +748,6 @@ def load_champion(name: str, settings: TrainingSettings | None = None, version: 
         model = _load_pyfunc(f"models:/{name}/{version}")  # the version read above, even if the alias moves
     except Exception as exc:  # noqa: BLE001 - report any load failure as one line
         raise RegistryError(f"{name} {what} v{version} cannot be loaded: {tracking.first_line(exc)}") from exc
-    return ChampionModel(name, version, mv.run_id, info.as_of, info.horizon_days, info.metrics, model, info.currency)
+    return ChampionModel(
+        name, version, mv.run_id, info.as_of, info.horizon_days, info.metrics, model, info.currency, info.feature_version
+    )

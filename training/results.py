@@ -24,6 +24,11 @@ ParamValue = str | int | float | bool
 OOT_PREDICTION = "oot_prediction"
 
 
+class ModelOutputError(ValueError):
+    """A model's predict_frame did not return the promised columns or rows (defined here, not
+    beside the MLflow wrapper, so that serving can name it without importing MLflow)."""
+
+
 @dataclass(frozen=True)
 class PrimaryMetric:
     """The metric the promotion gate compares (e.g. val_roc_auc, higher is better)."""
@@ -60,3 +65,5 @@ class TrainingResult:
     #: The currency of the training profile's amounts (None when no order names one); scoring
     #: refuses a profile in another currency, since amounts are never converted.
     currency: str | None = None
+    #: The `features.pipeline.FEATURE_DEFINITIONS_VERSION` the model's features were built with.
+    feature_version: int | None = None

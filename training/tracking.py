@@ -72,6 +72,7 @@ TAG_LABEL_COLUMN = "crm.label_column"
 TAG_ROWS_PREFIX = "crm.rows."
 TAG_PRIMARY_VALUE = "crm.primary_metric_value"  # model-version tag
 TAG_CURRENCY = "crm.currency"  # the training profile's currency, when its orders name one
+TAG_FEATURE_VERSION = "crm.feature_version"  # features.pipeline.FEATURE_DEFINITIONS_VERSION at training
 #: MLflow shows this run tag as the run's description.
 TAG_RUN_NOTE = "mlflow.note.content"
 
@@ -159,24 +160,65 @@ def configure(settings: TrainingSettings | None = None) -> str:
         db.resolve().parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    try:
+    with _store_errors(uri), _store_lock(uri):
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        _open(client)
         experiment = client.get_experiment_by_name(settings.experiment_name)
         if experiment is None:
             return client.create_experiment(settings.experiment_name, artifact_location=artifact_root(settings))
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
-    except mlflow.exceptions.MlflowException as exc:
-        raise TrackingError(f"MLflow store {uri} cannot be used: {first_line(exc)}") from exc
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """One process at a time creates or migrates a local sqlite store: MLflow's migrations run
+    on first use without a lock, and two at once can leave a store no command can open."""
+    db = local_store_path(uri)
+    if db is None or sys.platform == "win32":
+        yield
+        return
+    import fcntl
+
+    with open(db.resolve().parent / ".store.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _store_errors(uri: str) -> Iterator[None]:
+    """MLflow's, SQLAlchemy's and alembic's errors on opening a store as one `TrackingError` line."""
+    try:
+        yield
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] in ("mlflow", "sqlalchemy", "alembic"):
+            raise TrackingError(f"MLflow store {uri} cannot be used: {first_line(exc)}") from exc
+        raise
+
+
+def _open(client: MlflowClient) -> None:
+    """Create (or migrate) the store now, under the caller's lock: both stores behind the
+    client open their database lazily, on their first call."""
+    client.search_experiments(max_results=1)
+    client.search_registered_models(max_results=1)
 
 
 def client(settings: TrainingSettings | None = None) -> MlflowClient:
-    """An MlflowClient on the configured store (without creating anything)."""
+    """An MlflowClient on the configured store, opened (a local store's folder is not created)."""
     from mlflow import MlflowClient
 
     uri = tracking_uri(settings)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    db = local_store_path(uri)
+    if db is None or not db.resolve().parent.is_dir():
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with _store_errors(uri), _store_lock(uri):
+        opened = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        _open(opened)
+    return opened
 
 
 def first_line(exc: BaseException) -> str:
@@ -224,6 +266,8 @@ def run_tags(result: TrainingResult) -> dict[str, str]:
     tags.update({f"{TAG_ROWS_PREFIX}{name}": str(int(count)) for name, count in result.row_counts.items()})
     if result.currency is not None:
         tags[TAG_CURRENCY] = result.currency
+    if result.feature_version is not None:
+        tags[TAG_FEATURE_VERSION] = str(int(result.feature_version))
     return tags
 
 
@@ -561,7 +605,9 @@ def _version_tags(result: TrainingResult) -> dict[str, str]:
         TAG_PRIMARY_METRIC: primary.name,
         TAG_GREATER_IS_BETTER: str(bool(primary.greater_is_better)).lower(),
         TAG_PRIMARY_VALUE: repr(float(result.metrics[primary.name])),
-    } | ({TAG_CURRENCY: result.currency} if result.currency is not None else {})
+    } | ({TAG_CURRENCY: result.currency} if result.currency is not None else {}) | (
+        {TAG_FEATURE_VERSION: str(int(result.feature_version))} if result.feature_version is not None else {}
+    )
 
 
 def _version_description(result: TrainingResult, run_id: str) -> str:

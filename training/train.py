@@ -31,7 +31,7 @@ import pandas as pd
 
 from features.errors import CrmScoringError
 from features.labels import holdout_purchases as holdout_purchases_expr
-from features.pipeline import KEY, FeatureParams, build_features
+from features.pipeline import FEATURE_DEFINITIONS_VERSION, KEY, FeatureParams, build_features
 from features.population import completed_orders, restrict_to_before
 from features.profile import Profile
 from features.timeutil import parse_horizon, to_utc_naive
@@ -47,7 +47,7 @@ from training.datasets import (
     build_datasets,
     features_only,
 )
-from training.ltv import DEFAULT_PENALIZER_LADDER, CustomerLtvModel
+from training.ltv import DEFAULT_PENALIZER_LADDER, CustomerLtvModel, LtvFitError
 from training.ltv import FEATURE_COLUMNS as LTV_FEATURE_COLUMNS
 from training.metrics import classification_metrics, decile_table
 from training.results import OOT_PREDICTION, TASK_TO_MODEL, ParamValue, PrimaryMetric, TrainingResult
@@ -104,6 +104,9 @@ class LtvConfig:
     penalizer_ladder: tuple[float, ...] = DEFAULT_PENALIZER_LADDER
     gg_penalizer_ladder: tuple[float, ...] = DEFAULT_PENALIZER_LADDER
     monthly_discount_rate: float = 0.01
+    # The smallest population fitted (see CustomerLtvModel): below, the fit would be the penalty's.
+    min_customers: int = 30
+    min_repeat_buyers: int = 10
     # Horizon of the served CLV and expected purchases (the issue default: a year); None: the training horizon.
     prediction_horizon_days: int | None = 365
     tracking_figure: bool = True  # needs the cohort's orders in memory
@@ -180,15 +183,27 @@ def _fit(model: PropensityModel, train: pd.DataFrame, calibration: pd.DataFrame)
 
 def _baselines(
     task: Task, validation: pd.DataFrame, horizon_days: int, config: ClassifierConfig
-) -> dict[str, bl.BaselineScore]:
+) -> tuple[dict[str, bl.BaselineScore], list[str]]:
+    """The task's baselines on the validation rows, and a note for each one that could not be
+    computed (a BG/NBD fit that does not converge, say): a baseline is a yardstick, so its
+    failure must not cost the model; the gate compares with the ones there are."""
     if task == "lead":
-        return {"points_rule": bl.points_rule(validation, config.points_rule)}
-    recency_rule = bl.no_purchase_rule(validation, config.recency_rule_days)
-    return {
-        "recency": bl.recency(validation),
-        recency_rule.name: recency_rule,
-        "bgnbd": bl.bgnbd_expected_purchases(validation, horizon_days),
-    }
+        builders: dict[str, Callable[[], bl.BaselineScore]] = {"points_rule": lambda: bl.points_rule(validation, config.points_rule)}
+    else:
+        recency_rule = bl.no_purchase_rule(validation, config.recency_rule_days)
+        builders = {
+            "recency": lambda: bl.recency(validation),
+            recency_rule.name: lambda: recency_rule,
+            "bgnbd": lambda: bl.bgnbd_expected_purchases(validation, horizon_days),
+        }
+    baselines: dict[str, bl.BaselineScore] = {}
+    notes: list[str] = []
+    for name, build in builders.items():
+        try:
+            baselines[name] = build()
+        except (bl.BaselineError, LtvFitError) as exc:
+            notes.append(f"baseline {name} skipped: {' '.join(str(exc).split())}")
+    return baselines, notes
 
 
 def _classifier_params(task: Task, data: OutOfTimeDatasets, config: ClassifierConfig) -> dict[str, ParamValue]:
@@ -247,7 +262,9 @@ def train_classifier(
     _report(progress, f"{task}: evaluating on {len(validation):,} validation rows at {data.plan.validation:%Y-%m-%d}")
     metrics = classification_metrics(y, p, "val_", config.ece_bins)
     metrics["val_positive_rate"] = float(y.mean())
-    baselines = _baselines(task, validation, horizon, config)
+    baselines, skipped_baselines = _baselines(task, validation, horizon, config)
+    for note in skipped_baselines:
+        _report(progress, f"{task}: {note}")
     comparison = bl.compare_with_baselines(y, p, baselines)
     metrics.update(comparison.metrics)
 
@@ -283,7 +300,7 @@ def train_classifier(
         "refit_calibration": len(data.refit_calibration),
         "training_cutoffs": len(data.plan.training),
     }
-    notes = list(data.notes) + list(comparison.notes)
+    notes = list(data.notes) + skipped_baselines + list(comparison.notes)
     notes.append(
         f"validation: LightGBM on cut-offs {', '.join(f'{c:%Y-%m-%d}' for c in data.plan.lightgbm)}, "
         f"calibrated at {data.plan.calibration:%Y-%m-%d}; served: LightGBM on "
@@ -301,6 +318,7 @@ def train_classifier(
         row_counts=row_counts,
         data_fingerprint=fingerprint,
         currency=profile.currency,
+        feature_version=FEATURE_DEFINITIONS_VERSION,
         feature_columns=list(served.feature_columns_),
         validation=validation.drop(columns=[CUTOFF_COLUMN]).assign(**{OOT_PREDICTION: p}).reset_index(drop=True),
         tables=tables,
@@ -345,6 +363,8 @@ def _ltv_model(config: LtvConfig, horizon_days: int) -> CustomerLtvModel:
         gg_penalizer_ladder=config.gg_penalizer_ladder,
         horizon_days=horizon_days,
         monthly_discount_rate=config.monthly_discount_rate,
+        min_customers=config.min_customers,
+        min_repeat_buyers=config.min_repeat_buyers,
     )
 
 
@@ -463,6 +483,7 @@ def train_ltv(
         },
         data_fingerprint=fingerprint,
         currency=profile.currency,
+        feature_version=FEATURE_DEFINITIONS_VERSION,
         feature_columns=list(LTV_FEATURE_COLUMNS),
         validation=validation,
         tables={"holdout_by_frequency": frequencies, "holdout_deciles": deciles, "fit_attempts": attempts},

@@ -14,7 +14,7 @@ import pytest
 
 from features.families.attributes import AttributeParams
 from features.pipeline import FeatureParams
-from features.settings import Settings
+from features.settings import FeatureSettings
 from serving.batch import read_meta
 from serving.engine import build_engine
 from serving.models import ModelLoadError, load_model_set
@@ -165,7 +165,7 @@ def test_score_and_the_api_keep_the_configured_pii_columns_out_of_the_features(t
     models = load_model_set(settings)
     feature = next(f for m in models.models.values() for f in m.feature_columns if f.startswith("attr_") and not f.endswith("_age_days"))
     column = feature.removeprefix("attr_")
-    pii = [*Settings().pii_columns, column]
+    pii = [*FeatureSettings().pii_columns, column]
     folder = tmp_path / "scores"
 
     env = {**trained_project.env, "CRMSCORE_PII_COLUMNS": json.dumps(pii)}

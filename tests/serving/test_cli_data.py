@@ -110,14 +110,15 @@ def test_make_run_rescores_a_snapshot_of_other_champions_or_rules(tmp_path: Path
     from types import SimpleNamespace
 
     import training.registry
-    from serving.cli_serving import _serving_settings, _stale_reason
+    from serving.cli_common import load_settings
+    from serving.cli_serving import _stale_reason
     from serving.store import RunRecord
     from serving.tags import load_tag_rules
 
     monkeypatch.setenv("CRMSCORE_PROJECT_DIR", str(tmp_path))
     monkeypatch.setattr(training.registry, "champions", lambda settings=None: [SimpleNamespace(name="churn_propensity", version=2)])
     digest = load_tag_rules().digest
-    settings = _serving_settings()
+    settings = load_settings()
 
     def run(models: dict[str, str], rules: str) -> RunRecord:
         return RunRecord("r", datetime(2025, 6, 15), datetime(2025, 6, 15), None, 1, models, rules)

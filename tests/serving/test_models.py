@@ -10,7 +10,16 @@ import pandas as pd
 import pytest
 
 from features.families.attributes import AttributeParams
-from serving.models import CurrencyMismatchError, ModelLoadError, ModelSet, ServedModel, check_attribute_inputs, check_currency, served_model
+from serving.models import (
+    CurrencyMismatchError,
+    ModelLoadError,
+    ModelSet,
+    ServedModel,
+    check_attribute_inputs,
+    check_currency,
+    check_feature_version,
+    served_model,
+)
 
 
 def _champion(wrapper: Any) -> SimpleNamespace:
@@ -18,7 +27,7 @@ def _champion(wrapper: Any) -> SimpleNamespace:
     pyfunc = SimpleNamespace(unwrap_python_model=lambda: wrapper, metadata=SimpleNamespace(get_input_schema=lambda: None))
     return SimpleNamespace(
         model=pyfunc, name="churn_propensity", version=7, run_id="run-1", as_of="2025-06-15", horizon_days=90, metrics={"roc_auc": 0.8},
-        currency="USD",
+        currency="USD", feature_version=2,
     )
 
 
@@ -96,3 +105,21 @@ def test_a_profile_in_another_currency_than_a_model_learned_from_is_refused() ->
         "(churn_propensity v1 in USD, customer_ltv v1 in USD); amounts are never converted: convert the profile, or train on it"
     )
     check_currency(ModelSet({"lead_scoring": lead}), "EUR")  # a model from before the currency was recorded
+
+
+def test_a_model_of_other_feature_definitions_is_refused_and_an_unversioned_one_is_warned_about() -> None:
+    """A column that keeps its name but changes meaning (FEATURE_DEFINITIONS_VERSION): a model
+    trained on the old meaning would read inputs computed otherwise than what it learned."""
+    from dataclasses import replace
+
+    churn, ltv, lead = _model("churn_propensity"), _model("customer_ltv"), _model("lead_scoring")
+
+    assert check_feature_version([replace(churn, feature_version=3), replace(ltv, feature_version=3)], current=3) == ()
+    with pytest.raises(ModelLoadError) as error:
+        check_feature_version([replace(churn, feature_version=2), replace(ltv, feature_version=3)], current=3)
+    assert str(error.value) == (
+        "trained with other feature definitions than this version of crm-scoring computes (3): churn_propensity v1 (2); "
+        "retrain them (crm-scoring train) or run the version they were trained with"
+    )
+    (warning,) = check_feature_version([lead, replace(ltv, feature_version=3)], current=3)
+    assert warning.startswith("lead_scoring v1 did not record the feature definitions they were trained with")

@@ -29,7 +29,7 @@ from serving.store import ScoreStore
 from serving.tags import AlignedPreviousTags, TagRules, evaluate_tags, load_tag_rules
 from tests.serving.conftest import TrainedProject
 from training.config import TrainingSettings
-from training.pyfunc_model import ModelOutputError
+from training.results import ModelOutputError
 
 pytestmark = pytest.mark.slow
 

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
+from features.pipeline import FEATURE_DEFINITIONS_VERSION
 from tests.serving.conftest import ADMIN_KEY, API_KEY, AS_OF, TrainedProject
 from serving.inline import inline_customers
 
@@ -125,6 +126,7 @@ def test_models_endpoint(client: TestClient) -> None:
     ltv = next(m for m in response.json()["models"] if m["name"] == "customer_ltv")
     assert "clv_horizon_days" in ltv and "clv_horizon_days" not in churn
     assert churn["currency"] == ltv["currency"] == "USD"  # of the training profile's amounts
+    assert churn["feature_version"] == ltv["feature_version"] == FEATURE_DEFINITIONS_VERSION
 
 
 def _loc(response: httpx.Response) -> list[list[Any]]:

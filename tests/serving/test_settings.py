@@ -102,3 +102,47 @@ def test_the_cli_warns_about_a_misspelt_variable() -> None:
     result = subprocess.run([cli, "models", "--help"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert "warning: CRMSCORE_ADMIN_KEY is not a crm-scoring setting and is ignored; did you mean CRMSCORE_ADMIN_KEYS?" in result.stderr
+
+
+def test_one_settings_object_reads_every_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DESIGN: configuration is one typed object. Each package's part reads its own variables,
+    and the one object built at the edge is accepted wherever a part is expected."""
+    from features.settings import FeatureSettings
+    from serving.settings import CrmScoringSettings
+    from training.config import TrainingSettings
+
+    monkeypatch.setenv("CRMSCORE_PROJECT_DIR", str(tmp_path))
+    monkeypatch.delenv("CRMSCORE_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("CRMSCORE_MAX_REJECT_SHARE", "0.25")  # features
+    monkeypatch.setenv("CRMSCORE_EXPERIMENT_NAME", "nightly")  # training
+    monkeypatch.setenv("CRMSCORE_BATCH_WAIT_MS", "3")  # serving
+
+    settings = CrmScoringSettings()
+
+    assert isinstance(settings, FeatureSettings) and isinstance(settings, TrainingSettings) and isinstance(settings, ServingSettings)
+    assert (settings.max_reject_share, settings.experiment_name, settings.batch_wait_ms) == (0.25, "nightly", 3.0)
+    assert settings.resolved_store_dir == tmp_path / "scores"
+    assert settings.resolved_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
+    parts = {name for part in (FeatureSettings, TrainingSettings, ServingSettings) for name in part.model_fields}
+    assert known_variables() == {f"CRMSCORE_{name.upper()}" for name in parts}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "command"),
+    [
+        ("CRMSCORE_MAX_REJECT_SHARE", "2", ["features", "build", "--profile", "p", "--as-of", "2025-01-01", "--out", "f.parquet"]),
+        ("CRMSCORE_PROMOTION_TOLERANCE_AUC", "abc", ["models", "list"]),
+        ("CRMSCORE_MAX_BODY_BYTES", "0", ["triggers", "export", "--format", "jsonl"]),
+        ("CRMSCORE_PII_COLUMNS", "email", ["score", "--profile", "p", "--as-of", "2025-01-01"]),  # a list is JSON
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_it(variable: str, value: str, command: list[str], tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMSCORE_")}
+    env |= {"CRMSCORE_PROJECT_DIR": str(tmp_path), variable: value}
+    done = subprocess.run([str(Path(sys.executable).with_name("crm-scoring")), *command], cwd=tmp_path, env=env | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: bad setting: {variable}"), done.stderr
+    assert not (tmp_path / "scores").exists()  # nothing written

@@ -124,6 +124,7 @@ def classifier_result(
         figures={"roc": _figure("ROC"), "calibration": _figure("calibration")},
         notes=["fake result for tests"],
         currency="USD",
+        feature_version=2,
     )
 
 

@@ -29,7 +29,6 @@ from training.ltv import (
     FEATURE_COLUMNS,
     BgNbdParams,
     CustomerLtvModel,
-    FitAttempt,
     GammaGammaParams,
     LtvFitError,
     LtvInputError,
@@ -477,13 +476,9 @@ def test_no_repeat_purchases_fails_with_a_named_reason():
             "monetary_value": 0.0,
         }
     )
-    with pytest.raises(LtvFitError) as info:
+    with pytest.raises(LtvFitError, match=r"BG/NBD needs at least 30 customers with a purchase and 10 repeat buyers .* found 40 and 0") as info:
         CustomerLtvModel().fit(features)
-    message = str(info.value)
-    assert "0 with repeat purchases" in message
-    assert "lower bound" in message or "standard errors" in message
-    assert len(info.value.attempts) == 4 and not any(a.converged for a in info.value.attempts)
-    assert all(isinstance(a, FitAttempt) and a.reason for a in info.value.attempts)
+    assert not info.value.attempts  # refused before any fit
 
 
 def test_a_handful_of_rows_fits_along_the_ladder_or_fails_clearly():
@@ -495,7 +490,8 @@ def test_a_handful_of_rows_fits_along_the_ladder_or_fails_clearly():
             "monetary_value": [0.0, 10, 20, 0, 15],
         }
     )
-    model = CustomerLtvModel()
+    assert "found 5 and 3" in str(pytest.raises(LtvFitError, CustomerLtvModel().fit, features).value)  # too few by default
+    model = CustomerLtvModel(min_customers=1, min_repeat_buyers=1)  # the ladder's mechanics on a handful of rows
     try:
         model.fit(features)
     except LtvFitError as error:
@@ -511,6 +507,38 @@ def test_gamma_gamma_needs_spending_repeat_buyers():
     features = simulate_bgnbd(3_000, seed=2).assign(monetary_value=0.0)
     with pytest.raises(LtvFitError, match="Gamma-Gamma needs repeat buyers"):
         CustomerLtvModel().fit(features)
+
+
+def test_purchases_without_the_spend_model():
+    """BG/NBD alone (`spend_model=False`, the churn baseline): counts and p_alive without any
+    order value, the same as the full model's; everything that needs spend says why it cannot."""
+    features = simulate_bgnbd(3_000, seed=2)
+    full = CustomerLtvModel().fit(features)
+    counts_only = CustomerLtvModel(spend_model=False).fit(features.assign(monetary_value=0.0))
+
+    assert counts_only.bgnbd_params_ == full.bgnbd_params_
+    pd.testing.assert_series_equal(counts_only.expected_purchases(features), full.expected_purchases(features))
+    pd.testing.assert_series_equal(counts_only.p_alive(features), full.p_alive(features))
+    assert not hasattr(counts_only, "gg_params_")
+    for needs_spend in (counts_only.predict, counts_only.clv, counts_only.expected_order_value):
+        with pytest.raises(NotFittedError, match="spend_model=False"):
+            needs_spend(features)
+
+
+def test_too_few_customers_are_refused_rather_than_fitted_by_the_penalty():
+    """With a handful of buyers a penalised fit "converges" on the penalty's parameters
+    (standard errors larger than the estimates): `fit` says the population is too small."""
+    features = simulate_bgnbd(3_000, seed=2)
+    few = features[features["T_days"].notna()].head(8)
+    with pytest.raises(LtvFitError, match=r"BG/NBD needs at least 30 customers with a purchase and 10 repeat buyers .* found 8"):
+        CustomerLtvModel().fit(few)
+    buyers = features[features["frequency"] > 0]
+    spenders_few = pd.concat([buyers.head(200), buyers.iloc[200:].assign(monetary_value=0.0)])
+    with pytest.raises(LtvFitError, match=r"Gamma-Gamma needs at least 10 repeat buyers .* found 5"):
+        CustomerLtvModel(min_repeat_buyers=10).fit(pd.concat([buyers.head(5), buyers.iloc[5:].assign(monetary_value=0.0)]))
+    assert CustomerLtvModel(min_customers=5, min_repeat_buyers=5).fit(spenders_few).n_repeat_buyers_ == 200
+    with pytest.raises(LtvInputError, match="min_customers must be an integer >= 1"):
+        CustomerLtvModel(min_customers=0).fit(features)
 
 
 def test_convergence_checks():

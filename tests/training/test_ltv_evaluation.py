@@ -123,6 +123,20 @@ def test_holdout_counts_purchase_days_not_order_rows():
         holdout_purchases(orders.drop(columns="amount"), "2024-01-01", "2024-01-08")
 
 
+def test_holdout_window_bounds_are_instants_not_days():
+    """A window from 15:30 to 15:30: an order at 18:00 on the first day is in, one at 20:00 on
+    the last day is after the end (no look-ahead past `end`)."""
+    orders = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c", "d"],
+            "ordered_at": pd.to_datetime(["2025-03-03 18:00", "2025-06-01 10:00", "2025-06-01 20:00", "2025-03-03 09:00"]),
+            "amount": [10.0, 20.0, 30.0, 40.0],
+        }
+    )
+    result = holdout_purchases(orders, "2025-03-03T15:30:00", "2025-06-01T15:30:00Z")
+    assert sorted(result.index) == ["a", "b"]
+
+
 def test_comparison_aligns_customers_and_fills_missing_with_zero(model, calibration, orders, comparison):
     assert len(comparison) == len(calibration)
     assert comparison["actual_purchases"].sum() == holdout_purchases(orders, AS_OF, HOLDOUT_END)["purchases"].sum()

@@ -1,7 +1,10 @@
 """The registry: the promotion gate, force, rollback, listing and loading the champion.
 
 Three churn_propensity candidates are logged once per module: `mid` (a LightGBM on x1),
-`worse` (on pure noise) and `better` (on x1 and x2), all above their logged baselines (0.65);
+`worse` (on pure noise) and `better` (on x1 and x2), all above their logged baselines (0.65),
+all as of AS_OF; `old_mid` is `mid` trained one horizon earlier, a champion that can be
+scored out of time on the others' validation rows (the others, as of the same date as the
+candidate, are compared by their logged out-of-time values);
 for the baseline floor, `better` is logged again with stronger baselines (`floor_cases`).
 Each test starts from "no champion" (`reset`) so the tests do not depend on their order.
 """
@@ -14,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.training.fake_results import FEATURES, classifier_result, ltv_result, temp_store
+from tests.training.fake_results import FEATURES, VALIDATION_AS_OF, classifier_result, ltv_result, temp_store
 from training.config import TrainingSettings
 from training.results import TrainingResult
 
@@ -46,6 +49,8 @@ def churn(settings: TrainingSettings) -> dict[str, Logged]:
     for key, columns, seed in (("mid", ["x1"], 10), ("worse", ["noise"], 11), ("better", ["x1", "x2"], 12)):
         result = classifier_result(columns, seed=seed)
         logged[key] = Logged(result, log_training_result(result, settings)[1])
+    old = classifier_result(["x1"], seed=10, as_of=VALIDATION_AS_OF)
+    logged["old_mid"] = Logged(old, log_training_result(old, settings)[1])
     return logged
 
 
@@ -104,7 +109,41 @@ def test_worse_candidate_leaves_every_alias_unchanged(settings: TrainingSettings
     # The reason carries the numbers, in one line.
     assert f"{decision.candidate_value:.4f}" in decision.reason and f"{decision.champion_value:.4f}" in decision.reason
     assert decision.reason.startswith("gate failed: val_roc_auc") and "\n" not in decision.reason
-    assert decision.rows_scored == len(worse.result.validation)
+    # The champion was trained as of the same date, on the labels of the candidate's validation
+    # window: each run's logged out-of-time value is compared, not predictions on those rows.
+    assert decision.rows_scored == 0 and "logged out-of-time values" in decision.reason
+    assert (decision.candidate_value, decision.champion_value) == (
+        worse.result.metrics["val_roc_auc"], churn["mid"].result.metrics["val_roc_auc"],
+    )
+
+
+def test_a_retrained_identical_model_passes_the_gate(settings: TrainingSettings, churn: dict[str, Logged]) -> None:
+    """The same data and as_of give the same model: it must not be refused against itself
+    (the champion's served model, refit later, would score higher on the candidate's rows)."""
+    from training.registry import promote
+    from training.tracking import log_training_result
+
+    reset(settings)
+    promote(NAME, churn["mid"].version, settings=settings)
+    again = classifier_result(["x1"], seed=10)
+    decision = promote(NAME, log_training_result(again, settings)[1], settings=settings, validation=again.validation)
+    assert decision.promoted and decision.candidate_value == decision.champion_value
+
+
+def test_an_older_champion_is_scored_on_the_candidates_validation_rows(settings: TrainingSettings, churn: dict[str, Logged]) -> None:
+    from training.registry import promote
+
+    reset(settings)
+    promote(NAME, churn["old_mid"].version, settings=settings)
+    worse = churn["worse"]
+    refused = promote(NAME, worse.version, settings=settings, validation=worse.result.validation)
+    assert not refused.promoted and refused.rows_scored == len(worse.result.validation)
+    assert refused.candidate_value < refused.champion_value and "on 600 validation rows" in refused.reason
+    # A null in an integer feature (declared `long` in the logged signature): the champion is
+    # scored as serving scores it, not refused by MLflow's schema enforcement.
+    with_null = worse.result.validation.astype({"orders_count": "Int64"})
+    with_null.loc[::50, "orders_count"] = None
+    assert promote(NAME, worse.version, settings=settings, validation=with_null).rows_scored == len(with_null)
 
 
 def test_better_candidate_moves_champion_on_its_stored_validation_rows(
@@ -113,14 +152,15 @@ def test_better_candidate_moves_champion_on_its_stored_validation_rows(
     from training.registry import HISTORY_TAG, promote
 
     reset(settings)
-    promote(NAME, churn["mid"].version, settings=settings)
+    promote(NAME, churn["old_mid"].version, settings=settings)
     # No in-memory frame: the gate reads the candidate's validation parquet from its run (as the CLI does).
     decision = promote(NAME, churn["better"].version, settings=settings)
     assert decision.promoted and decision.reason.startswith("gate passed")
+    assert decision.rows_scored == len(churn["better"].result.validation)
     assert decision.candidate_value > decision.champion_value
     aliases, tags, versions = state(settings)
-    assert aliases == {"champion": churn["better"].version, "previous_champion": churn["mid"].version}
-    assert tags[HISTORY_TAG] == f"{churn['mid'].version},{churn['better'].version}"
+    assert aliases == {"champion": churn["better"].version, "previous_champion": churn["old_mid"].version}
+    assert tags[HISTORY_TAG] == f"{churn['old_mid'].version},{churn['better'].version}"
     assert "crm.promoted_at" in versions[churn["better"].version]
 
 
@@ -165,6 +205,29 @@ def test_tolerance_lets_a_slightly_worse_candidate_through(settings: TrainingSet
     decision = promote(NAME, churn["mid"].version, settings=lenient)
     assert decision.promoted and decision.candidate_value < decision.champion_value
     assert champion(settings) == churn["mid"].version
+
+
+def test_rollback_past_a_deleted_version_moves_only_when_it_can(tmp_path: Path) -> None:
+    """A version deleted in the UI is skipped wherever it is in the history: the rollback
+    neither fails half-way (champion moved, error reported) nor lets a retry re-promote the
+    version being rolled back."""
+    from training.registry import RegistryError, promote, rollback
+    from training.tracking import client, log_training_result
+
+    settings = temp_store(tmp_path)
+    v1, v2, v3 = (log_training_result(classifier_result(["x1"], seed=s), settings)[1] for s in (20, 21, 22))
+    for version in (v1, v2, v3):
+        promote(NAME, version, force=True, settings=settings)
+    client(settings).delete_model_version(NAME, v1)
+
+    result = rollback(NAME, settings)
+
+    assert (result.from_version, result.to_version) == (v3, v2)
+    aliases, tags, _ = state(settings)
+    assert aliases == {"champion": v2} and tags["crm.champion_history"] == v2
+    with pytest.raises(RegistryError, match="no previous champion to roll back to"):
+        rollback(NAME, settings)
+    assert state(settings)[0] == {"champion": v2}
 
 
 def test_rollback_restores_the_previous_champion_step_by_step(settings: TrainingSettings, churn: dict[str, Logged]) -> None:
@@ -215,6 +278,7 @@ def test_champion_pyfunc_returns_the_in_process_probabilities(settings: Training
     loaded = load_champion(NAME, settings)
     assert loaded.version == better.version and loaded.as_of == "2025-07-01 00:00:00"
     assert loaded.currency == "USD"  # what `score` compares with the profile's
+    assert loaded.feature_version == 2  # what serving compares with the code's feature definitions
     assert loaded.metrics["val_roc_auc"] == pytest.approx(better.result.metrics["val_roc_auc"])
     np.testing.assert_allclose(loaded.predict(features)["probability"].to_numpy(), in_process, rtol=0, atol=1e-9)
 
@@ -236,13 +300,37 @@ def test_ltv_gate_uses_relative_mae_tolerance(settings: TrainingSettings) -> Non
     assert promote("customer_ltv", v_off, settings=lenient).promoted
 
 
+def test_ltv_champion_is_judged_over_the_candidates_holdout_horizon(settings: TrainingSettings) -> None:
+    """The served customer_ltv forecasts a year; the holdout is the run's horizon (90 days):
+    judged over a year, any champion would look far worse than it is."""
+    from training.ltv import CustomerLtvModel, simulate_bgnbd
+    from training.registry import promote
+    from training.tracking import log_training_result
+    from training.train import LtvServingModel
+
+    rows = simulate_bgnbd(500, seed=5)
+    rows["holdout_purchases"] = np.random.default_rng(5).poisson(rows["frequency"].to_numpy() * 0.3)
+    candidate = replace(ltv_result(1.0, seed=3), validation=rows)
+    fitted = CustomerLtvModel(horizon_days=365).fit(simulate_bgnbd(2_000, seed=4))
+    champion_result = replace(
+        ltv_result(1.0, seed=4), model=LtvServingModel(fitted), validation=rows, as_of=VALIDATION_AS_OF, data_fingerprint="sha256:fake-ltv-old"
+    )
+    promote("customer_ltv", log_training_result(champion_result, settings)[1], settings=settings, force=True)
+    decision = promote("customer_ltv", log_training_result(candidate, settings)[1], settings=settings, validation=candidate.validation)
+
+    over_90_days = fitted.expected_purchases(rows, t_days=90).to_numpy()
+    expected = float(np.mean(np.abs(over_90_days - rows["holdout_purchases"].to_numpy())))
+    assert decision.champion_value == pytest.approx(expected, rel=1e-9)
+    assert decision.rows_scored == len(rows)
+
+
 def test_unscorable_champion_fails_the_gate_and_names_force(settings: TrainingSettings, churn: dict[str, Logged]) -> None:
     from training.registry import promote
     from training.tracking import log_training_result
 
     reset(settings)
     # A champion that needs a feature the candidate's validation rows do not have (a changed feature set).
-    wide = classifier_result(["x1"], seed=13)
+    wide = classifier_result(["x1"], seed=13, as_of=VALIDATION_AS_OF)
     wide.validation["x3"] = wide.validation["x2"]
     wide.feature_columns = [*FEATURES, "x3"]
     promote(NAME, log_training_result(wide, settings)[1], settings=settings)
@@ -328,7 +416,7 @@ def test_gate_scores_the_candidate_on_its_out_of_time_predictions(
     from training.results import OOT_PREDICTION
 
     reset(settings)
-    promote(NAME, churn["mid"].version, settings=settings)
+    promote(NAME, churn["old_mid"].version, settings=settings)
     better = churn["better"]
     rows = better.result.validation.copy()
     rng = np.random.default_rng(0)
@@ -396,7 +484,7 @@ def test_challenger_below_its_best_baseline_is_refused_even_when_it_beats_the_ch
     from training.registry import promote
 
     reset(settings)
-    mid = churn["mid"].version
+    mid = churn["old_mid"].version
     assert promote(NAME, mid, settings=settings).promoted  # above its own baselines (0.65)
     before = state(settings)
     below = floor_cases["below"]

@@ -81,13 +81,40 @@ def test_configure_creates_the_experiment_once(settings: TrainingSettings) -> No
 
 def test_imports_create_nothing_and_do_not_load_mlflow(tmp_path: Path) -> None:
     code = (
-        "import sys, training.config, training.tracking, training.registry, training.model_card, serving.cli;"
+        "import sys, training.config, training.tracking, training.registry, training.model_card, serving.cli,"
+        " serving.engine, serving.batch, serving.scoring;"
         "print('mlflow' in sys.modules)"
     )
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"  # MLflow (~2 s) is imported only when a command needs it
     assert list(tmp_path.iterdir()) == []
+
+
+def test_commands_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
+    """MLflow creates and migrates a sqlite store on first use without a lock: three at once
+    failed (tables already there, alembic rows missing) and could leave it unusable."""
+    code = textwrap.dedent(
+        f"""
+        import logging; logging.disable(logging.WARNING)
+        from training.config import TrainingSettings
+        from training.tracking import configure
+        configure(TrainingSettings(project_dir={str(tmp_path)!r}))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "CRMSCORE_TRACKING_URI")}
+    runs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    errors = [run.communicate(timeout=120)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], errors
+
+
+def test_a_file_that_is_not_a_store_is_one_line(tmp_path: Path) -> None:
+    from training.tracking import TrackingError, configure
+
+    garbage = tmp_path / "mlflow.db"
+    garbage.write_bytes(bytes(range(256)) * 20)
+    with pytest.raises(TrackingError, match=r"^MLflow store sqlite:///.*mlflow.db cannot be used: .*file is not a database$"):
+        configure(TrainingSettings(project_dir=tmp_path, tracking_uri=f"sqlite:///{garbage}"))
 
 
 # ---- one run ---------------------------------------------------------------------------
@@ -151,6 +178,7 @@ def test_model_version_registered_with_tags(settings: TrainingSettings, logged) 
     assert float(mv.tags["crm.primary_metric_value"]) == result.metrics["val_roc_auc"]
     assert mv.tags["crm.as_of"] == "2025-07-01 00:00:00"
     assert mv.tags["crm.currency"] == "USD"  # scoring refuses a profile in another currency
+    assert mv.tags["crm.feature_version"] == "2"  # serving refuses a model of other feature definitions
 
 
 def test_logged_model_signature_requirements_and_code(settings: TrainingSettings, logged, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -140,3 +140,34 @@ def test_bad_requests_fail_clearly(profile, results):
         train_classifier(profile, "churn", DATA_END, 90, other_config, cache=cache)
     with pytest.raises(Exception, match="two horizons"):
         train_classifier(profile, "churn", pd.Timestamp("2023-10-01").to_pydatetime(), 90, CONFIG)
+
+
+def test_churn_does_not_need_order_values(generated):
+    """The BG/NBD churn baseline fits purchase counts only: repeat orders that cost nothing
+    (free refills, samples) leave Gamma-Gamma nothing to fit, and must not cost the churn model."""
+    orders = generated.orders.to_pandas().sort_values("ordered_at")
+    orders.loc[orders.duplicated("customer_id"), "amount"] = 0.0
+    profile = profile_from_frames(connect(), generated.customers, orders, generated.events).profile
+
+    result = train_classifier(profile, "churn", DATA_END, "90d", CONFIG)
+
+    assert np.isfinite(result.metrics["baseline_bgnbd_val_roc_auc"])
+    assert not any("skipped" in note for note in result.notes)
+
+
+def test_a_baseline_that_cannot_be_computed_is_skipped_with_a_note(profile, monkeypatch):
+    from training import baselines
+    from training.ltv import LtvFitError
+
+    def no_fit(*args, **kwargs):
+        raise LtvFitError("customer_ltv: bgnbd fit failed for every penalizer")
+
+    monkeypatch.setattr(baselines, "bgnbd_expected_purchases", no_fit)
+    messages: list[str] = []
+
+    result = train_classifier(profile, "churn", DATA_END, "90d", CONFIG, messages.append)
+
+    assert "baseline bgnbd skipped: customer_ltv: bgnbd fit failed for every penalizer" in result.notes
+    assert any("baseline bgnbd skipped" in m for m in messages)
+    assert "baseline_bgnbd_val_roc_auc" not in result.metrics
+    assert np.isfinite(result.metrics["baseline_recency_val_roc_auc"])  # the others are still there for the gate
