@@ -162,7 +162,12 @@ def recency(table: pd.DataFrame) -> BaselineScore:
 def no_purchase_rule(table: pd.DataFrame, days: int = 90) -> BaselineScore:
     """The playbook rule "no purchase for `days` days" as a 0/1 score."""
     score = (_days_since_last_order(table) >= days).astype("float64")
-    return BaselineScore(f"no_purchase_{days}d", score, f"rule: no purchase for {days} days (0/1)")
+    return BaselineScore(no_purchase_rule_name(days), score, f"rule: no purchase for {days} days (0/1)")
+
+
+def no_purchase_rule_name(days: int) -> str:
+    """The name `no_purchase_rule(table, days)` logs its score under."""
+    return f"no_purchase_{days}d"
 
 
 def bgnbd_expected_purchases(

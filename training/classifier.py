@@ -443,6 +443,11 @@ class PropensityModel(ClassifierMixin, BaseEstimator):
 
     # ---- predictions ---------------------------------------------------------------------
 
+    def decision_function(self, X: pd.DataFrame) -> np.ndarray:
+        """LightGBM's raw margin (log-odds before calibration) per row: the model's ranking,
+        which no calibration changes (scikit-learn's name for it)."""
+        return self._margin(X)
+
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """n x 2 array: P(negative), P(positive) (calibrated)."""
         p = self.predict_values(X)[OUTPUT_COLUMN]

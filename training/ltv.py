@@ -548,6 +548,12 @@ class CustomerLtvModel(BaseEstimator):
     n_patterns_ / n_gg_patterns_ (compressed rows actually fitted).
     """
 
+    # Defaults of the parameters added after models were first logged: a model pickled before
+    # them has no such attribute (repr, get_params and clone read them).
+    spend_model = True
+    min_customers = 30
+    min_repeat_buyers = 10
+
     def __init__(
         self,
         time_unit_days: float = 7.0,

@@ -10,11 +10,21 @@ customer_ltv):
   moves `champion` to the one before. A rolled-back version gets the tag `crm.rolled_back_at`;
   promoted versions get `crm.promoted_at` and `crm.promotion_reason`.
 
-The gate (`promote`) scores the candidate and the champion on the candidate's validation rows
-(the parquet logged with the candidate's run, or the in-memory frame right after training)
-with the candidate's primary metric and moves the alias only when the candidate is not worse
-beyond the configured tolerance (see `training.config`), or with `force`. When the gate
-fails, no alias or tag changes, and the decision says why, with the numbers.
+The gate (`promote`) compares the candidate with the champion on the candidate's primary
+metric and moves the alias only when the candidate is not worse beyond the configured
+tolerance (see `training.config`), or with `force`. When the gate fails, no alias or tag
+changes, and the decision says why, with the numbers. What is compared must be out of time
+for both:
+
+* a champion trained on data before the candidate's validation cut-off is scored with the
+  candidate on the candidate's validation rows (the parquet logged with the candidate's run,
+  or the in-memory frame right after training). Ranking metrics (AUC) compare the two
+  served classifiers' raw margins: each LightGBM learned from labels before those rows' cut-off
+  (the candidate's calibration saw their labels, but calibration does not change a ranking).
+  Other metrics use the candidate's out-of-time predictions (the model fitted before the
+  window); customer_ltv's expected purchases are taken over the candidate's holdout horizon;
+* a champion trained on data at or after that cut-off (the same as_of, say) has seen those
+  labels: each run's logged out-of-time value is compared instead, each on its own window.
 
 The gate also has a floor that applies to every candidate, the first champion included: the
 run's primary metric must not be worse than the best baseline the same run logged on that
@@ -31,9 +41,10 @@ Metrics the gate can compute (chosen by the primary metric's name): `roc_auc`, `
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -253,11 +264,14 @@ def _metric_function(metric: str, model_name: str) -> tuple[str, Callable[[np.nd
     raise RegistryError(f"{model_name}: the promotion gate cannot compute the primary metric {metric!r}")
 
 
-def _predict(model: Any, validation: pd.DataFrame, column: str, horizon_days: float | None = None) -> np.ndarray:
+def _predict(
+    model: Any, validation: pd.DataFrame, column: str, horizon_days: float | None = None, strict_horizon: bool = False
+) -> np.ndarray:
     """The model's `column` for each validation row, computed as serving does: through the
     wrapped model's `predict_frame` (MLflow's schema enforcement would refuse, say, a null in
     an integer attribute that the model itself handles). customer_ltv's expected purchases
-    are over `horizon_days` (the candidate's holdout window), not the served CLV horizon."""
+    are over `horizon_days` (the candidate's holdout window), not the served CLV horizon; with
+    `strict_horizon`, a model that cannot forecast over another horizon is an error."""
     wrapper = model.unwrap_python_model()
     missing = [n for n in wrapper.feature_columns if n not in validation.columns]
     if missing:
@@ -267,12 +281,29 @@ def _predict(model: Any, validation: pd.DataFrame, column: str, horizon_days: fl
     ltv = getattr(getattr(wrapper, "model", None), "model", None)  # LtvServingModel -> CustomerLtvModel
     if column == "expected_purchases" and horizon_days is not None and callable(getattr(ltv, "expected_purchases", None)):
         values = ltv.expected_purchases(validation[wrapper.feature_columns], t_days=horizon_days)
+    elif column == "expected_purchases" and strict_horizon:
+        raise RegistryError(f"it cannot forecast purchases over the candidate's {horizon_days:g}-day holdout window")
     else:
         values = wrapper.predict_frame(validation)[column]
     array = np.asarray(values, dtype="float64").reshape(-1)
     if len(array) != len(validation):
         raise RegistryError(f"the model returned {len(array)} predictions for {len(validation)} rows")
     return array
+
+
+def _rank_based(metric: str) -> bool:
+    """Metrics that depend only on the order of the scores (calibration does not change them)."""
+    lowered = metric.lower()
+    return any(name in lowered for name in ("roc_auc", "pr_auc", "average_precision"))
+
+
+def _ranking(model: Any, validation: pd.DataFrame) -> np.ndarray | None:
+    """The wrapped classifier's raw margin per row (`decision_function`), or None when it has none."""
+    wrapper = model.unwrap_python_model()
+    decision_function = getattr(getattr(wrapper, "model", None), "decision_function", None)
+    if not callable(decision_function):
+        return None
+    return np.asarray(decision_function(validation[wrapper.feature_columns]), dtype="float64").reshape(-1)
 
 
 def _load_pyfunc(uri: str) -> Any:
@@ -474,8 +505,20 @@ def promote(
 
     metric, greater, label = _gate_facts(client, mv)
     floor = _floor_of(client, mv, metric, greater, settings)
+    other_features = _other_feature_definitions(mv, champion_mv)
+    if other_features is not None:
+        return other_features if not other_features.promoted else _replace_outdated(client, other_features, floor)
     seen = _window_seen_by(champion_mv, mv)
     if seen is not None:
+        horizons = (mv.tags or {}).get(tracking.TAG_HORIZON_DAYS), (champion_mv.tags or {}).get(tracking.TAG_HORIZON_DAYS)
+        if horizons[0] != horizons[1]:
+            return PromotionDecision(
+                name, version, False,
+                f"v{version} ({horizons[0]} days) and champion v{champion} ({horizons[1]} days) were validated over "
+                f"different horizons, and the champion saw the candidate's validation window: nothing comparable to "
+                f"score; use --force to replace the champion",
+                metric=metric, greater_is_better=greater, champion_version=champion,
+            )
         # The champion was trained on data after the candidate's validation cut-off (the same
         # as_of, say): its predictions on those rows are not out of time, so each run's own
         # out-of-time value is compared instead (each on its own validation window).
@@ -535,14 +578,71 @@ def promote(
     return decision
 
 
+def _other_feature_definitions(candidate: ModelVersion, champion: ModelVersion) -> PromotionDecision | None:
+    """When the two versions record different feature definitions (`crm.feature_version`): the
+    champion cannot be compared on the candidate's rows (other definitions) nor served by this
+    code, so a candidate of the current definitions replaces it (subject to its baseline floor;
+    `promoted` True) and one of other definitions is refused (`promoted` False). None otherwise."""
+    from features.pipeline import FEATURE_DEFINITIONS_VERSION
+
+    ours = (candidate.tags or {}).get(tracking.TAG_FEATURE_VERSION)
+    theirs = (champion.tags or {}).get(tracking.TAG_FEATURE_VERSION)
+    if ours is None or theirs is None or ours == theirs:
+        return None
+    name, version = candidate.name, str(candidate.version)
+    if ours != str(FEATURE_DEFINITIONS_VERSION):
+        return PromotionDecision(
+            name, version, False,
+            f"v{version} was trained with feature definitions {ours}, this version of crm-scoring computes "
+            f"{FEATURE_DEFINITIONS_VERSION}: serving would refuse it; retrain, or use --force",
+            champion_version=str(champion.version),
+        )
+    return PromotionDecision(
+        name, version, True,
+        f"champion v{champion.version} was trained with feature definitions {theirs}, which this version of "
+        f"crm-scoring no longer computes (it computes {ours}): not comparable, and not servable; the candidate replaces it",
+        champion_version=str(champion.version),
+    )
+
+
+def _replace_outdated(client: MlflowClient, decision: PromotionDecision, floor: BaselineFloor | None) -> PromotionDecision:
+    """Promote over a champion of outdated feature definitions when the baseline floor allows."""
+    if floor is not None and not floor.passed:
+        return _floor_refusal(decision.name, decision.version, floor, decision.champion_version)
+    if floor is not None:
+        decision = replace(
+            decision,
+            reason=f"{decision.reason}; {floor.numbers()}",
+            metric=floor.metric,
+            greater_is_better=floor.greater_is_better,
+            candidate_value=floor.candidate_value,
+            tolerance=floor.tolerance,
+            baseline_name=floor.baseline_name,
+            baseline_value=floor.baseline_value,
+        )
+    _set_champion(client, decision.name, decision.version, decision.champion_version, decision.reason)
+    return decision
+
+
 def _window_seen_by(champion: ModelVersion, candidate: ModelVersion) -> str | None:
     """Why the champion cannot be scored out of time on the candidate's validation rows (it was
     trained on data at or after their cut-off), or None when it can."""
+    from features.timeutil import to_utc_naive
+
     champion_as_of = (champion.tags or {}).get(tracking.TAG_AS_OF)
     cut_off = (candidate.tags or {}).get(tracking.TAG_VALIDATION_AS_OF)
     if not champion_as_of or not cut_off:
         return None
-    if pd.Timestamp(champion_as_of) <= pd.Timestamp(cut_off):
+    instants = []
+    for mv, tag, text in ((champion, tracking.TAG_AS_OF, champion_as_of), (candidate, tracking.TAG_VALIDATION_AS_OF, cut_off)):
+        try:
+            instants.append(to_utc_naive(text))
+        except (ValueError, TypeError) as exc:
+            raise RegistryError(
+                f"{mv.name} v{mv.version}'s {tag} tag {text!r} is not a timestamp: the gate cannot tell whether the "
+                f"champion saw the candidate's validation window; use --force"
+            ) from exc
+    if instants[0] <= instants[1]:
         return None
     return (
         f"champion v{champion.version} was trained on data up to {champion_as_of}, after the candidate's validation "
@@ -578,7 +678,18 @@ def _scored_on_validation_rows(
     horizon = (mv.tags or {}).get(tracking.TAG_HORIZON_DAYS)
     horizon_days = float(horizon) if horizon and horizon.isdigit() else None
 
-    if OOT_PREDICTION in frame.columns:
+    served_candidate = None
+    if _rank_based(metric) and OOT_PREDICTION in frame.columns:
+        # A ranking metric: the served candidate's LightGBM learned from labels before these
+        # rows' cut-off and only its calibration saw their labels, so its raw ranking is out of
+        # time too; served model against served model, as they would serve (its validation
+        # model, trained a window earlier, would start the comparison behind).
+        with contextlib.suppress(Exception):
+            served_candidate = _ranking(_load_pyfunc(f"models:/{name}/{version}"), frame)
+    if served_candidate is not None:
+        candidate_pred = served_candidate
+        frame = frame.drop(columns=[OOT_PREDICTION])
+    elif OOT_PREDICTION in frame.columns:
         # The served candidate was refit on these very labels: use its out-of-time predictions.
         candidate_pred = pd.to_numeric(frame[OOT_PREDICTION], errors="coerce").to_numpy(dtype="float64")
         frame = frame.drop(columns=[OOT_PREDICTION])
@@ -588,7 +699,10 @@ def _scored_on_validation_rows(
         except Exception as exc:  # noqa: BLE001 - MLflow / model errors of any kind: the candidate is unusable
             raise RegistryError(f"{name} v{version} cannot score its own validation rows: {tracking.first_line(exc)}") from exc
     try:
-        champion_pred = _predict(_load_pyfunc(f"models:/{name}/{champion}"), frame, column, horizon_days)
+        champion_model = _load_pyfunc(f"models:/{name}/{champion}")
+        champion_pred = _ranking(champion_model, frame) if served_candidate is not None else None
+        if champion_pred is None:
+            champion_pred = _predict(champion_model, frame, column, horizon_days, strict_horizon=horizon_days is not None)
     except Exception as exc:  # noqa: BLE001 - an unloadable champion must not block a decision silently
         return math.nan, None, tracking.first_line(exc)
 

@@ -163,12 +163,17 @@ def configure(settings: TrainingSettings | None = None) -> str:
     with _store_errors(uri), _store_lock(uri):
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         _open(client)
+        _OPENED.add(uri)
         experiment = client.get_experiment_by_name(settings.experiment_name)
         if experiment is None:
             return client.create_experiment(settings.experiment_name, artifact_location=artifact_root(settings))
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
+
+
+#: Local stores this process has opened (created or migrated) already: later clients skip the lock.
+_OPENED: set[str] = set()
 
 
 @contextmanager
@@ -181,12 +186,18 @@ def _store_lock(uri: str) -> Iterator[None]:
         return
     import fcntl
 
-    with open(db.resolve().parent / ".store.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    try:
+        # Read-only is enough for flock, so a store shared with other users (whose lock file
+        # this user cannot write) can still be read.
+        fd = os.open(db.resolve().parent / ".store.lock", os.O_RDONLY | os.O_CREAT, 0o666)
+    except OSError:  # a read-only folder: nothing can create or migrate the store there anyway
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextmanager
@@ -213,11 +224,12 @@ def client(settings: TrainingSettings | None = None) -> MlflowClient:
 
     uri = tracking_uri(settings)
     db = local_store_path(uri)
-    if db is None or not db.resolve().parent.is_dir():
+    if uri in _OPENED or db is None or not db.resolve().parent.is_dir():
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
     with _store_errors(uri), _store_lock(uri):
         opened = MlflowClient(tracking_uri=uri, registry_uri=uri)
         _open(opened)
+    _OPENED.add(uri)
     return opened
 
 

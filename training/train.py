@@ -190,10 +190,9 @@ def _baselines(
     if task == "lead":
         builders: dict[str, Callable[[], bl.BaselineScore]] = {"points_rule": lambda: bl.points_rule(validation, config.points_rule)}
     else:
-        recency_rule = bl.no_purchase_rule(validation, config.recency_rule_days)
         builders = {
             "recency": lambda: bl.recency(validation),
-            recency_rule.name: lambda: recency_rule,
+            bl.no_purchase_rule_name(config.recency_rule_days): lambda: bl.no_purchase_rule(validation, config.recency_rule_days),
             "bgnbd": lambda: bl.bgnbd_expected_purchases(validation, horizon_days),
         }
     baselines: dict[str, bl.BaselineScore] = {}

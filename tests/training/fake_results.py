@@ -77,6 +77,13 @@ class TinyClassifier:
         return [[] for _ in range(len(X))]
 
 
+class RankingTinyClassifier(TinyClassifier):
+    """A TinyClassifier with a raw margin (`decision_function`), as PropensityModel has."""
+
+    def decision_function(self, X: pd.DataFrame) -> np.ndarray:
+        return self.booster.predict(X[self.columns], raw_score=True)
+
+
 def _figure(title: str) -> Figure:
     figure = Figure(figsize=(3, 2))
     ax = figure.add_subplot()

@@ -718,3 +718,19 @@ def test_scikit_learn_contract(features):
     assert model.bgnbd_params_.alpha == pytest.approx(7 * weekly.bgnbd_params_.alpha, rel=1e-3)
     np.testing.assert_allclose(model.predict(features)["clv"], weekly.predict(features)["clv"], rtol=1e-3)
 
+
+
+def test_a_model_pickled_before_the_newer_parameters_still_clones_and_refits():
+    """Models logged before `spend_model` / `min_customers` / `min_repeat_buyers` existed are
+    unpickled without them: the class defaults stand in."""
+    import pickle
+
+    from sklearn.base import clone
+
+    features = simulate_bgnbd(3_000, seed=2)
+    model = CustomerLtvModel().fit(features)
+    for name in ("spend_model", "min_customers", "min_repeat_buyers"):
+        del model.__dict__[name]  # what an older pickle holds
+    old = pickle.loads(pickle.dumps(model))
+    assert "CustomerLtvModel" in repr(old) and old.get_params()["min_customers"] == 30
+    assert clone(old).fit(features).bgnbd_params_ == model.bgnbd_params_

@@ -428,6 +428,93 @@ def test_gate_scores_the_candidate_on_its_out_of_time_predictions(
     assert promote(NAME, better.version, settings=settings, validation=rows).promoted
 
 
+def test_ranking_metrics_compare_the_served_classifiers(settings: TrainingSettings) -> None:
+    """AUC depends on the ranking only, which the served candidate's calibration on the
+    validation labels does not change: served margins against served margins. Its validation
+    model (the out-of-time predictions), trained a window earlier, would start behind."""
+    from sklearn.metrics import roc_auc_score
+
+    from tests.training.fake_results import RankingTinyClassifier
+    from training.registry import promote
+    from training.results import OOT_PREDICTION
+    from training.tracking import log_training_result
+
+    def ranking(result: TrainingResult) -> TrainingResult:
+        model = RankingTinyClassifier(result.model.columns, result.model.booster)
+        return replace(result, model=model)
+
+    reset(settings)
+    old = ranking(classifier_result(["x1"], seed=30, as_of=VALIDATION_AS_OF))
+    promote(NAME, log_training_result(old, settings)[1], settings=settings)
+    candidate = ranking(classifier_result(["x1", "x2"], seed=31))
+    version = log_training_result(candidate, settings)[1]
+    rows = candidate.validation.copy()
+    rows[OOT_PREDICTION] = np.random.default_rng(0).random(len(rows))  # a validation model that knew nothing
+
+    decision = promote(NAME, version, settings=settings, validation=rows)
+
+    served = candidate.model.decision_function(rows)
+    assert decision.candidate_value == pytest.approx(roc_auc_score(rows["label"], served), abs=1e-12)
+    assert decision.champion_value == pytest.approx(roc_auc_score(rows["label"], old.model.decision_function(rows)), abs=1e-12)
+    assert decision.promoted and decision.rows_scored == len(rows)
+
+
+def test_logged_values_over_different_horizons_are_not_compared(settings: TrainingSettings, churn: dict[str, Logged]) -> None:
+    """A holdout MAE grows with the window and an AUC changes meaning with the horizon: a
+    champion that saw the candidate's window and was validated over another horizon cannot
+    be compared with it."""
+    from training.registry import promote
+    from training.tracking import log_training_result
+
+    reset(settings)
+    promote(NAME, churn["mid"].version, settings=settings)
+    longer = replace(classifier_result(["x1", "x2"], seed=40), horizon_days=180)
+    version = log_training_result(longer, settings)[1]
+    before = state(settings)
+
+    decision = promote(NAME, version, settings=settings)
+
+    assert not decision.promoted and state(settings) == before
+    assert "(180 days) and champion" in decision.reason and "(90 days) were validated over different horizons" in decision.reason
+    assert "--force" in decision.reason
+
+
+def test_other_feature_definitions_are_not_compared(settings: TrainingSettings, churn: dict[str, Logged]) -> None:
+    """A champion of feature definitions this code no longer computes cannot be compared on the
+    candidate's rows nor served: a current candidate replaces it (above its baseline floor);
+    a candidate of outdated definitions is refused."""
+    from features.pipeline import FEATURE_DEFINITIONS_VERSION
+    from training.registry import promote
+    from training.tracking import log_training_result
+
+    current = FEATURE_DEFINITIONS_VERSION
+    reset(settings)
+    outdated = log_training_result(replace(classifier_result(["x1", "x2"], seed=41), feature_version=current - 1), settings)[1]
+    promote(NAME, outdated, settings=settings)
+    weaker = log_training_result(replace(classifier_result(["x1"], seed=42), feature_version=current), settings)[1]
+
+    replaced = promote(NAME, weaker, settings=settings)
+
+    assert replaced.promoted and champion(settings) == weaker
+    assert f"trained with feature definitions {current - 1}, which this version of crm-scoring no longer computes" in replaced.reason
+    assert "best baseline" in replaced.reason  # the floor still applies
+    refused = promote(NAME, outdated, settings=settings)
+    assert not refused.promoted and champion(settings) == weaker
+    assert refused.reason.startswith(f"v{outdated} was trained with feature definitions {current - 1}")
+
+
+def test_a_malformed_as_of_tag_is_named(settings: TrainingSettings, churn: dict[str, Logged]) -> None:
+    from training.registry import RegistryError, promote
+    from training.tracking import TAG_AS_OF, client, log_training_result
+
+    reset(settings)
+    odd = log_training_result(classifier_result(["x1"], seed=43), settings)[1]
+    promote(NAME, odd, settings=settings)
+    client(settings).set_model_version_tag(NAME, odd, TAG_AS_OF, "unknown")
+    with pytest.raises(RegistryError, match=rf"churn_propensity v{odd}'s crm.as_of tag 'unknown' is not a timestamp.*--force"):
+        promote(NAME, churn["better"].version, settings=settings)
+
+
 # ---- the baseline floor ----------------------------------------------------------------
 
 

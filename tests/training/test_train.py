@@ -171,3 +171,14 @@ def test_a_baseline_that_cannot_be_computed_is_skipped_with_a_note(profile, monk
     assert any("baseline bgnbd skipped" in m for m in messages)
     assert "baseline_bgnbd_val_roc_auc" not in result.metrics
     assert np.isfinite(result.metrics["baseline_recency_val_roc_auc"])  # the others are still there for the gate
+
+
+def test_churn_trained_without_the_rfm_family_skips_the_recency_baselines() -> None:
+    """Churn on engagement and attributes only: the recency rules have no column to read;
+    they are left out with notes instead of costing the model."""
+    from training.train import _baselines
+
+    validation = pd.DataFrame({"customer_id": ["a", "b"], "events_count_30d": [1.0, 0.0], "label": [0, 1]})
+    baselines, notes = _baselines("churn", validation, 90, CONFIG)
+    assert baselines == {}
+    assert [note.split(":")[0] for note in notes] == ["baseline recency skipped", "baseline no_purchase_90d skipped", "baseline bgnbd skipped"]
