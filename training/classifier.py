@@ -444,8 +444,8 @@ class PropensityModel(ClassifierMixin, BaseEstimator):
     # ---- predictions ---------------------------------------------------------------------
 
     def decision_function(self, X: pd.DataFrame) -> np.ndarray:
-        """LightGBM's raw margin (log-odds before calibration) per row: the model's ranking,
-        which no calibration changes (scikit-learn's name for it)."""
+        """LightGBM's raw margin (log-odds before calibration) per row: the model's ranking
+        (Platt scaling keeps it; isotonic calibration may tie some scores). scikit-learn's name."""
         return self._margin(X)
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:

@@ -20,11 +20,18 @@ for both:
   candidate on the candidate's validation rows (the parquet logged with the candidate's run,
   or the in-memory frame right after training). Ranking metrics (AUC) compare the two
   served classifiers' raw margins: each LightGBM learned from labels before those rows' cut-off
-  (the candidate's calibration saw their labels, but calibration does not change a ranking).
+  (the candidate's calibration saw their labels; the margins are what it ranks by before
+  calibration: Platt scaling keeps that order, isotonic calibration may tie a few scores).
   Other metrics use the candidate's out-of-time predictions (the model fitted before the
   window); customer_ltv's expected purchases are taken over the candidate's holdout horizon;
 * a champion trained on data at or after that cut-off (the same as_of, say) has seen those
-  labels: each run's logged out-of-time value is compared instead, each on its own window.
+  labels: each run's logged out-of-time value is compared instead, each on its own window,
+  and only over the same horizon.
+
+Feature definitions (`crm.feature_version`): a candidate of other definitions than this code
+computes (or none recorded) is refused, even as the first champion, since serving would not
+use it; a champion of other or unrecorded definitions cannot be compared on the candidate's
+rows, so a current candidate replaces it when it passes its baseline floor.
 
 The gate also has a floor that applies to every candidate, the first champion included: the
 run's primary metric must not be worse than the best baseline the same run logged on that
@@ -292,7 +299,7 @@ def _predict(
 
 
 def _rank_based(metric: str) -> bool:
-    """Metrics that depend only on the order of the scores (calibration does not change them)."""
+    """Metrics that depend only on the order of the scores."""
     lowered = metric.lower()
     return any(name in lowered for name in ("roc_auc", "pr_auc", "average_precision"))
 
@@ -461,6 +468,9 @@ def promote(
         decision = PromotionDecision(name, version, True, reason, forced=True, champion_version=champion)
         _set_champion(client, name, version, champion, decision.reason)
         return decision
+    outdated = _outdated_features(mv, champion)
+    if outdated is not None:
+        return outdated
 
     if champion is None:
         try:
@@ -469,25 +479,8 @@ def promote(
             floor = None
         else:
             floor = _floor_of(client, mv, metric, greater, settings)
-        if floor is not None and not floor.passed:
-            return _floor_refusal(name, version, floor)
-        reason = "no champion yet: the first candidate becomes champion"
-        if floor is not None:
-            reason += f"; {floor.numbers()}"
-        decision = PromotionDecision(
-            name,
-            version,
-            True,
-            reason,
-            metric=None if floor is None else floor.metric,
-            greater_is_better=None if floor is None else floor.greater_is_better,
-            candidate_value=None if floor is None else floor.candidate_value,
-            tolerance=None if floor is None else floor.tolerance,
-            baseline_name=None if floor is None else floor.baseline_name,
-            baseline_value=None if floor is None else floor.baseline_value,
-        )
-        _set_champion(client, name, version, None, decision.reason)
-        return decision
+        first = PromotionDecision(name, version, True, "no champion yet: the first candidate becomes champion")
+        return _promote_on_floor(client, first, floor)
 
     # Amounts are never converted: the gate would compare the champion's predictions on rows
     # in a currency it never saw, and `score` refuses a profile that does not match its models.
@@ -505,9 +498,9 @@ def promote(
 
     metric, greater, label = _gate_facts(client, mv)
     floor = _floor_of(client, mv, metric, greater, settings)
-    other_features = _other_feature_definitions(mv, champion_mv)
+    other_features = _champion_of_other_features(mv, champion_mv)
     if other_features is not None:
-        return other_features if not other_features.promoted else _replace_outdated(client, other_features, floor)
+        return _promote_on_floor(client, other_features, floor)
     seen = _window_seen_by(champion_mv, mv)
     if seen is not None:
         horizons = (mv.tags or {}).get(tracking.TAG_HORIZON_DAYS), (champion_mv.tags or {}).get(tracking.TAG_HORIZON_DAYS)
@@ -578,35 +571,45 @@ def promote(
     return decision
 
 
-def _other_feature_definitions(candidate: ModelVersion, champion: ModelVersion) -> PromotionDecision | None:
-    """When the two versions record different feature definitions (`crm.feature_version`): the
-    champion cannot be compared on the candidate's rows (other definitions) nor served by this
-    code, so a candidate of the current definitions replaces it (subject to its baseline floor;
-    `promoted` True) and one of other definitions is refused (`promoted` False). None otherwise."""
+def _outdated_features(mv: ModelVersion, champion: str | None) -> PromotionDecision | None:
+    """A refusal when the candidate was trained with other feature definitions than this code
+    computes (`crm.feature_version`; none recorded: trained before it was, with older ones):
+    serving would refuse it. None when its definitions are current."""
     from features.pipeline import FEATURE_DEFINITIONS_VERSION
 
+    ours = (mv.tags or {}).get(tracking.TAG_FEATURE_VERSION)
+    if ours == str(FEATURE_DEFINITIONS_VERSION):
+        return None
+    which = f"feature definitions {ours}" if ours is not None else "feature definitions it did not record"
+    return PromotionDecision(
+        mv.name, str(mv.version), False,
+        f"v{mv.version} was trained with {which}; this version of crm-scoring computes {FEATURE_DEFINITIONS_VERSION}, "
+        f"so serving would refuse or question it: retrain, or use --force",
+        champion_version=champion,
+    )
+
+
+def _champion_of_other_features(candidate: ModelVersion, champion: ModelVersion) -> PromotionDecision | None:
+    """When the champion was trained with other feature definitions than the (current)
+    candidate, or did not record them: it cannot be compared on the candidate's rows, nor
+    served by this code, so the candidate replaces it (subject to its baseline floor). None
+    when both record the same definitions."""
     ours = (candidate.tags or {}).get(tracking.TAG_FEATURE_VERSION)
     theirs = (champion.tags or {}).get(tracking.TAG_FEATURE_VERSION)
-    if ours is None or theirs is None or ours == theirs:
+    if ours == theirs:
         return None
-    name, version = candidate.name, str(candidate.version)
-    if ours != str(FEATURE_DEFINITIONS_VERSION):
-        return PromotionDecision(
-            name, version, False,
-            f"v{version} was trained with feature definitions {ours}, this version of crm-scoring computes "
-            f"{FEATURE_DEFINITIONS_VERSION}: serving would refuse it; retrain, or use --force",
-            champion_version=str(champion.version),
-        )
+    which = f"feature definitions {theirs}" if theirs is not None else "feature definitions it did not record (older ones)"
     return PromotionDecision(
-        name, version, True,
-        f"champion v{champion.version} was trained with feature definitions {theirs}, which this version of "
-        f"crm-scoring no longer computes (it computes {ours}): not comparable, and not servable; the candidate replaces it",
+        candidate.name, str(candidate.version), True,
+        f"champion v{champion.version} was trained with {which}, not those this version of crm-scoring computes "
+        f"({ours}): not comparable on the candidate's rows; the candidate replaces it",
         champion_version=str(champion.version),
     )
 
 
-def _replace_outdated(client: MlflowClient, decision: PromotionDecision, floor: BaselineFloor | None) -> PromotionDecision:
-    """Promote over a champion of outdated feature definitions when the baseline floor allows."""
+def _promote_on_floor(client: MlflowClient, decision: PromotionDecision, floor: BaselineFloor | None) -> PromotionDecision:
+    """Carry out a promotion that is not a comparison with a champion (none yet, or one of
+    outdated feature definitions) when the baseline floor allows it, its numbers in the reason."""
     if floor is not None and not floor.passed:
         return _floor_refusal(decision.name, decision.version, floor, decision.champion_version)
     if floor is not None:

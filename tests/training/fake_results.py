@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from features.pipeline import FEATURE_DEFINITIONS_VERSION
 from training.results import PrimaryMetric, TrainingResult
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ def classifier_result(
         figures={"roc": _figure("ROC"), "calibration": _figure("calibration")},
         notes=["fake result for tests"],
         currency="USD",
-        feature_version=2,
+        feature_version=FEATURE_DEFINITIONS_VERSION,
     )
 
 
@@ -195,6 +196,7 @@ def ltv_result(scale: float, seed: int = 0, n: int = 500) -> TrainingResult:
         feature_columns=["frequency", "recency_days", "T_days", "monetary_value"],
         validation=validation,
         figures={"holdout_tracking": _figure("tracking")},
+        feature_version=FEATURE_DEFINITIONS_VERSION,
     )
 
 

@@ -490,17 +490,28 @@ def test_other_feature_definitions_are_not_compared(settings: TrainingSettings, 
     current = FEATURE_DEFINITIONS_VERSION
     reset(settings)
     outdated = log_training_result(replace(classifier_result(["x1", "x2"], seed=41), feature_version=current - 1), settings)[1]
-    promote(NAME, outdated, settings=settings)
+    first = promote(NAME, outdated, settings=settings)
+    assert not first.promoted and champion(settings) is None  # not even as the first champion
+    promote(NAME, outdated, settings=settings, force=True)  # say, the champion before an upgrade
     weaker = log_training_result(replace(classifier_result(["x1"], seed=42), feature_version=current), settings)[1]
 
     replaced = promote(NAME, weaker, settings=settings)
 
     assert replaced.promoted and champion(settings) == weaker
-    assert f"trained with feature definitions {current - 1}, which this version of crm-scoring no longer computes" in replaced.reason
+    assert f"trained with feature definitions {current - 1}, not those this version of crm-scoring computes ({current})" in replaced.reason
     assert "best baseline" in replaced.reason  # the floor still applies
     refused = promote(NAME, outdated, settings=settings)
     assert not refused.promoted and champion(settings) == weaker
-    assert refused.reason.startswith(f"v{outdated} was trained with feature definitions {current - 1}")
+    assert refused.reason.startswith(f"v{outdated} was trained with feature definitions {current - 1}; this version")
+
+    # Models logged before the version was recorded were trained with older definitions.
+    untagged = log_training_result(replace(classifier_result(["x1", "x2"], seed=44), feature_version=None), settings)[1]
+    refused = promote(NAME, untagged, settings=settings)
+    assert not refused.promoted and "feature definitions it did not record" in refused.reason
+    reset(settings)
+    promote(NAME, untagged, settings=settings, force=True)
+    replaced = promote(NAME, weaker, settings=settings)
+    assert replaced.promoted and "feature definitions it did not record (older ones)" in replaced.reason
 
 
 def test_a_malformed_as_of_tag_is_named(settings: TrainingSettings, churn: dict[str, Logged]) -> None:
