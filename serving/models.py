@@ -263,6 +263,6 @@ def check_feature_version(models: Iterable[ServedModel], current: int = FEATURE_
         return ()
     return (
         f"{', '.join(unknown)} did not record the feature definitions they were trained with (trained before "
-        f"2026-12-07); the definitions are now version {current} (what changed: features.pipeline."
-        "FEATURE_DEFINITIONS_VERSION; 2: engagement totals count every event type): retrain if a change applies to your data",
+        f"2026-12-07); the definitions are now version {current} (the changes are listed at features.pipeline."
+        "FEATURE_DEFINITIONS_VERSION): retrain if a change applies to your data",
     )

@@ -526,16 +526,16 @@ def promote(
         rows = 0
         where = f"(logged out-of-time values: {seen})"
     else:
-        candidate_value, champion_value, rows = _scored_on_validation_rows(
-            name, version, champion, mv, metric, label, validation, settings
-        )
-        if champion_value is None:
+        try:
+            candidate_value, champion_value, rows = _scored_on_validation_rows(
+                name, version, champion, mv, metric, label, validation, settings
+            )
+        except _ChampionUnscorable as exc:
             return PromotionDecision(
                 name,
                 version,
                 False,
-                f"champion v{champion} cannot be scored on the candidate's validation rows "
-                f"({rows}); use --force to replace it",
+                f"champion v{champion} cannot be scored on the candidate's validation rows ({exc}); use --force to replace it",
                 metric=metric,
                 greater_is_better=greater,
                 champion_version=champion,
@@ -661,6 +661,16 @@ def _logged_value(client: MlflowClient, mv: ModelVersion, metric: str) -> float 
     return float(value) if value is not None and math.isfinite(value) else None
 
 
+class _ChampionUnscorable(Exception):
+    """The champion cannot be scored on the candidate's rows (the gate refuses, naming --force)."""
+
+
+def _int_tag(tags: dict[str, str] | None, key: str) -> int | None:
+    """A whole-number tag (None when absent or not a number)."""
+    text = (tags or {}).get(key)
+    return int(text) if text and text.isdigit() else None
+
+
 def _scored_on_validation_rows(
     name: str,
     version: str,
@@ -670,16 +680,16 @@ def _scored_on_validation_rows(
     label: str,
     validation: pd.DataFrame | None,
     settings: TrainingSettings,
-) -> tuple[float, float | None, Any]:
-    """(candidate value, champion value, rows scored) on the candidate's validation rows; when
-    the champion cannot be scored: (candidate value or nan, None, the reason)."""
+) -> tuple[float, float, int]:
+    """(candidate value, champion value, rows scored) on the candidate's validation rows.
+    Raises `_ChampionUnscorable` (with the reason) when the champion cannot be scored there."""
     frame = _validation_frame(mv, validation, settings)
     if label not in frame.columns:
         raise RegistryError(f"{name} v{version}: the validation rows have no {label!r} column")
     column, score = _metric_function(metric, name)
     outcome = pd.to_numeric(frame[label].astype("float64"), errors="coerce").to_numpy()
-    horizon = (mv.tags or {}).get(tracking.TAG_HORIZON_DAYS)
-    horizon_days = float(horizon) if horizon and horizon.isdigit() else None
+    horizon = _int_tag(mv.tags, tracking.TAG_HORIZON_DAYS)
+    horizon_days = None if horizon is None else float(horizon)
 
     served_candidate = None
     if _rank_based(metric) and OOT_PREDICTION in frame.columns:
@@ -707,7 +717,7 @@ def _scored_on_validation_rows(
         if champion_pred is None:
             champion_pred = _predict(champion_model, frame, column, horizon_days, strict_horizon=horizon_days is not None)
     except Exception as exc:  # noqa: BLE001 - an unloadable champion must not block a decision silently
-        return math.nan, None, tracking.first_line(exc)
+        raise _ChampionUnscorable(tracking.first_line(exc)) from exc
 
     mask = np.isfinite(outcome) & np.isfinite(candidate_pred) & np.isfinite(champion_pred)
     rows = int(mask.sum())
@@ -784,8 +794,6 @@ def _info(client: MlflowClient, mv: ModelVersion, aliases: dict[str, list[str]])
         tags = {**run.data.tags, **tags}
     primary = tags.get(tracking.TAG_PRIMARY_METRIC)
     value = metrics.get(primary) if primary else None
-    horizon = tags.get(tracking.TAG_HORIZON_DAYS)
-    feature_version = tags.get(tracking.TAG_FEATURE_VERSION)
     created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC) if mv.creation_timestamp else None
     return ModelVersionInfo(
         name=mv.name,
@@ -793,14 +801,14 @@ def _info(client: MlflowClient, mv: ModelVersion, aliases: dict[str, list[str]])
         aliases=tuple(sorted(aliases.get(str(mv.version), []))),
         run_id=mv.run_id,
         as_of=tags.get(tracking.TAG_AS_OF),
-        horizon_days=int(horizon) if horizon and horizon.isdigit() else None,
+        horizon_days=_int_tag(tags, tracking.TAG_HORIZON_DAYS),
         primary_metric=primary,
         primary_value=None if value is None or not math.isfinite(value) else float(value),
         greater_is_better=tags.get(tracking.TAG_GREATER_IS_BETTER, "true").lower() == "true",
         metrics=metrics,
         created_at=created,
         currency=tags.get(tracking.TAG_CURRENCY),
-        feature_version=int(feature_version) if feature_version and feature_version.isdigit() else None,
+        feature_version=_int_tag(tags, tracking.TAG_FEATURE_VERSION),
     )
 
 
