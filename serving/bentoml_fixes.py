@@ -27,15 +27,35 @@ that was recorded.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
-from _bentoml_impl.server.app import ServiceAppFactory
 from bentoml._internal.server.http import traffic
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.middleware import Middleware
 from starlette.responses import JSONResponse
 
 _Scope = dict[str, Any]
+
+
+def _import_app_factory() -> type:
+    """BentoML's `ServiceAppFactory`, imported without the root log handler of its import.
+
+    The import reaches circus, whose package calls `logging.basicConfig()`: a handler on
+    the root logger, i.e. logging configured by importing `serving.service`. BentoML's
+    server sets up its own logging, so the handler is taken off again.
+    """
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        from _bentoml_impl.server.app import ServiceAppFactory
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
+    return ServiceAppFactory
+
+
+ServiceAppFactory = _import_app_factory()
 
 
 class CancellingTimeoutMiddleware(traffic.TimeoutMiddleware):
