@@ -32,7 +32,7 @@ from features.pipeline import FeatureParams
 from serving.batch import features_path, online_feature_params, read_meta
 from serving.events import json_timestamp
 from serving.models import ModelSet, check_attribute_inputs, load_model_set
-from serving.feature_process import FeatureProcess, FeatureProcessConfig
+from serving.feature_process import FeatureProcess, FeatureProcessConfig, FeatureProcesses
 from serving.online import AttributeColumn, OnlineFeatureBuilder, attribute_columns_for
 from serving.schemas import CustomerIn, ScoreRequest, latest_allowed, now_utc, timestamp_problems, utc_naive
 from serving.scoring import KEY, PERCENTILE_OF, PercentileReference, add_reasons, not_eligible_result, render_result, score_records
@@ -316,7 +316,7 @@ class PreparedBatch:
 class ScoringEngine:
     models: ModelSet
     rules: TagRules
-    builder: OnlineFeatureBuilder | FeatureProcess
+    builder: OnlineFeatureBuilder | FeatureProcess | FeatureProcesses
     snapshot: SnapshotView | None
     loaded_at: datetime = field(default_factory=now_utc)
 
@@ -624,10 +624,10 @@ def build_engine(
     snapshot = load_snapshot_view(store, run)
     attributes = attribute_columns_for(models.input_types())
     params = online_feature_params(snapshot.meta, feature_params)
-    builder: OnlineFeatureBuilder | FeatureProcess
+    builder: OnlineFeatureBuilder | FeatureProcess | FeatureProcesses
     if feature_process:
         config = FeatureProcessConfig(attributes, params, workers=1, parallelism=parallelism, pin_threads=pin_threads)
-        builder = FeatureProcess(config).start()
+        builder = FeatureProcesses(config).start() if parallelism > 1 else FeatureProcess(config).start()
     else:
         builder = OnlineFeatureBuilder(attributes, params, workers=workers, parallelism=parallelism, pin_threads=pin_threads).prepare()
     engine = ScoringEngine(models, rules, builder, snapshot)

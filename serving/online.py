@@ -181,6 +181,8 @@ class FamilyStatement:
 
     family: str
     sql: str
+    #: The columns the family adds to the feature table (besides the key), in order.
+    columns: tuple[str, ...] = ()
 
     @property
     def tables(self) -> frozenset[str]:
@@ -229,6 +231,15 @@ def combine_family_tables(tables: list[pa.Table]) -> pa.Table:
         names += own
         columns += table.columns[1:]
     return pa.Table.from_arrays(columns, names=names)
+
+
+def put_together(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    """The feature table of `schema` from tables that each hold some families' columns
+    (the builders of the statement groups, `OnlineFeatureBuilder.run_group`)."""
+    combined = combine_family_tables(tables)
+    if sorted(combined.column_names) != sorted(schema.names):
+        raise OnlineFeatureError("the statement groups' columns differ from the full feature expression's")
+    return cast_columns(combined.select(schema.names), schema)
 
 
 def _sorted_by_key(table: pa.Table) -> pa.Table:
@@ -284,7 +295,7 @@ def compile_feature_statements(
                 f"the compiled {family} feature SQL depends on as_of beyond its literal: the family computes an "
                 "as_of-derived value in Python (use features.timeutil.days_before / last_observed_day)"
             )
-        statements.append(FamilyStatement(family, texts[0]))
+        statements.append(FamilyStatement(family, texts[0], tuple(c for c in expr.columns if c != KEY)))
         family_schemas.append(expr.schema().to_pyarrow())
     full = build_features(profile, _SENTINELS[0], params).schema().to_pyarrow()
     if combined_schema(family_schemas).names != full.names:
@@ -474,7 +485,8 @@ class _Worker:
         tables = {key: f'"{self.schema}"."{TABLE_NAMES[key]}"' for key in schemas}
         readers = {key: {g for g, group in enumerate(groups) for i in group if key in statements[i].tables} for key in schemas}
         owner = {key: min(found) for key, found in readers.items() if len(found) == 1 and len(groups) > 1}
-        self.shared_tables = [key for key in schemas if key not in owner]
+        # A table no statement of these groups reads is never loaded.
+        self.shared_tables = [key for key in schemas if key not in owner and readers[key]]
         for key, rows in self._rows.items():
             _prepare_insert(self.loader, key, tables[key], rows, create=True)
             self.loader.execute(f"PREPARE crm_delete_{key} AS DELETE FROM {tables[key]}")
@@ -611,10 +623,14 @@ class _CpuPinner:
 class OnlineFeatureBuilder:
     """Features for in-memory profiles with the training code (see the module docstring).
 
-    Thread-safe: each call borrows one of `workers` table sets. `parallelism` DuckDB
-    connections per worker run its family statements side by side, on helper threads
-    pinned to their own CPUs unless `pin_threads` is false (`_CpuPinner`). `prepare()` does the
-    expensive part (compile + plan) and is called once at service start-up.
+    Thread-safe: each call borrows one of `workers` table sets. The family statements are
+    split into `parallelism` groups of about equal cost (`groups_`; or the given `groups`),
+    and each worker runs its groups side by side on as many DuckDB connections, on helper
+    threads pinned to their own CPUs unless `pin_threads` is false (`_CpuPinner`).
+    With `run_group` it runs only that group, and its tables hold only those families'
+    columns: `serving.feature_process` runs each group in a process of its own and puts
+    the columns together (`put_together`). `prepare()` does the expensive part (compile +
+    plan) and is called once at service start-up.
     """
 
     def __init__(
@@ -625,6 +641,8 @@ class OnlineFeatureBuilder:
         as_of_cache_size: int = 8,
         parallelism: int = 2,
         pin_threads: bool = True,
+        groups: tuple[tuple[int, ...], ...] | None = None,
+        run_group: int | None = None,
     ) -> None:
         self.attributes = attributes
         self.params = params
@@ -632,6 +650,8 @@ class OnlineFeatureBuilder:
         self.as_of_cache_size = as_of_cache_size
         self.parallelism = parallelism
         self.pin_threads = pin_threads
+        self.groups = groups
+        self.run_group = run_group
 
     def prepare(self) -> OnlineFeatureBuilder:
         self.statements_, self.result_schema_ = compile_feature_statements(self.attributes, self.params)
@@ -641,20 +661,29 @@ class OnlineFeatureBuilder:
         # One thread per statement: a request's rows fit in one vector, and the statements
         # already run side by side.
         self._database.execute("SET threads = 1")
-        costs = self._statement_costs()
-        self.groups_ = _partition(
-            costs,
-            max(1, min(self.parallelism, len(self.statements_))),
-            [statement.tables for statement in self.statements_],
-        )
-        group_costs = [sum(costs[i] for i in group) for group in self.groups_]
+        if self.groups is None:
+            costs = self._statement_costs()
+            self.groups_ = _partition(
+                costs,
+                max(1, min(self.parallelism, len(self.statements_))),
+                [statement.tables for statement in self.statements_],
+            )
+        else:
+            if sorted(i for group in self.groups for i in group) != list(range(len(self.statements_))):
+                raise OnlineFeatureError(f"the statement groups {self.groups} do not cover the {len(self.statements_)} families once each")
+            costs = [1.0] * len(self.statements_)
+            self.groups_ = self.groups
+        if self.run_group is not None and not 0 <= self.run_group < len(self.groups_):
+            raise OnlineFeatureError(f"no statement group {self.run_group} among {len(self.groups_)}")
+        running = self.groups_ if self.run_group is None else (self.groups_[self.run_group],)
+        group_costs = [sum(costs[i] for i in group) for group in running]
         lead = group_costs.index(min(group_costs))  # loads the shared tables too (`_Worker`)
+        families = sorted(i for group in running for i in group)
+        self.run_schema_ = self.result_schema_ if self.run_group is None else self._schema_of(families)
         self._pool: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         for number in range(self.workers):
-            self._pool.put(
-                _Worker(self._database, number, self.statements_, self.schemas_, self.groups_, self.as_of_cache_size, lead)
-            )
-        helpers = self.workers * len(self.groups_) if len(self.groups_) > 1 else 0
+            self._pool.put(_Worker(self._database, number, self.statements_, self.schemas_, running, self.as_of_cache_size, lead))
+        helpers = self.workers * len(running) if len(running) > 1 else 0
         self._helpers = (
             ThreadPoolExecutor(
                 helpers, thread_name_prefix="crm-online-features", initializer=_CpuPinner() if self.pin_threads else None
@@ -663,6 +692,11 @@ class OnlineFeatureBuilder:
             else None
         )
         return self
+
+    def _schema_of(self, families: list[int]) -> pa.Schema:
+        """The result schema's key and the columns of these families (in family order)."""
+        names = [KEY, *(c for i in families for c in self.statements_[i].columns)]
+        return pa.schema([self.result_schema_.field(name) for name in names])
 
     def _statement_costs(self) -> list[float]:
         """Seconds per family statement on a typical small batch (`_cost_probe_tables`), to
@@ -714,7 +748,7 @@ class OnlineFeatureBuilder:
         tables = self.tables(customers, orders, events)
         with self._worker() as worker:
             result = worker.run(tables, as_of, self._helpers)
-        return cast_columns(result, self.result_schema_)
+        return cast_columns(result, self.run_schema_)
 
     def features(self, customers: pa.Table, orders: pa.Table, events: pa.Table, as_of: datetime) -> pd.DataFrame:
         """One row per customer created before as_of, ordered by customer_id (as in batch)."""

@@ -83,12 +83,15 @@ class ServingSettings(BaseSettings):
         default=8.0, ge=0, description="Longest wait for more /v1/score requests to batch with one (see MicroBatcher)."
     )
     online_parallelism: int = Field(
-        default=2, ge=1, description="DuckDB connections running one batch's feature statements side by side."
+        default=2,
+        ge=1,
+        description="Feature processes (in-process engines: DuckDB connections) running one batch's feature "
+        "statements side by side, each its share.",
     )
     online_pin_threads: bool = Field(
         default=True,
-        description="Pin each feature connection's helper thread to its own CPU (faster after pauses on small VMs; "
-        "turn off when other heavy processes share the cores).",
+        description="Pin each feature process (in-process engines: each connection's helper thread) to its own CPU "
+        "(faster after pauses on small VMs; turn off when other heavy processes share the cores).",
     )
     prediction_threads: int = Field(
         default=0,
@@ -98,7 +101,7 @@ class ServingSettings(BaseSettings):
     )
     online_feature_process: bool = Field(
         default=True,
-        description="Compute the API's online features in a child process (DuckDB's client and request handling "
+        description="Compute the API's online features in child processes (DuckDB's client and request handling "
         "would otherwise queue for the GIL).",
     )
 

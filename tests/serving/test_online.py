@@ -26,9 +26,23 @@ import pytest
 from features.errors import CrmScoringError
 from serving.batch import features_path, online_feature_params, read_meta
 from serving.engine import ScoringEngine, build_engine
-from serving.feature_process import ALLOCATOR_ENVIRONMENT, FeatureProcess, FeatureProcessClosedError, FeatureProcessConfig
+from serving.feature_process import (
+    ALLOCATOR_ENVIRONMENT,
+    FeatureProcess,
+    FeatureProcessClosedError,
+    FeatureProcessConfig,
+    FeatureProcesses,
+)
 from serving.inline import inline_customers
-from serving.online import TABLE_NAMES, OnlineFeatureBuilder, OnlineFeatureError, _partition, cast_columns, combine_family_tables
+from serving.online import (
+    TABLE_NAMES,
+    OnlineFeatureBuilder,
+    OnlineFeatureError,
+    _partition,
+    cast_columns,
+    combine_family_tables,
+    put_together,
+)
 from serving.schemas import ScoreRequest
 from serving.store import ScoreStore
 from tests.serving.conftest import AS_OF, TrainedProject
@@ -300,6 +314,53 @@ def test_a_dead_feature_process_is_replaced(engine, trained_project, kinds) -> N
         assert process.pid not in (None, first)
     finally:
         process.close()
+
+
+def test_one_process_per_statement_group_equals_the_in_process_builder(engine, trained_project, kinds) -> None:
+    ids = [i for group in kinds.values() for i in group]
+    tables = _tables(engine, trained_project, ids)
+    as_of = datetime.fromisoformat(AS_OF)
+    processes = FeatureProcesses(FeatureProcessConfig(engine.builder.attributes, engine.builder.params, parallelism=2)).start()
+    try:
+        groups = processes.groups_
+        assert len(groups) == 2 and sorted(i for group in groups for i in group) == list(range(len(engine.builder.statements_)))
+        assert len(set(processes.pids)) == 2 and None not in processes.pids
+        expected = engine.builder.feature_table(*tables, as_of)
+        remote = processes.feature_table(*tables, as_of)
+        assert remote.schema.equals(expected.schema) and remote.equals(expected)
+        pd.testing.assert_frame_equal(processes.features(*tables, as_of), engine.builder.features(*tables, as_of))
+        # A group's child dies: the call that sees it may fail (every other child is still
+        # answered, so the pipes stay in step); the next one has a new child and the same rows.
+        second = processes.pids[1]
+        assert second is not None
+        os.kill(second, signal.SIGKILL)
+        try:
+            processes.feature_table(*tables, as_of)
+        except OnlineFeatureError:
+            pass
+        assert processes.feature_table(*tables, as_of).equals(expected)
+        assert processes.pids[1] not in (None, second)
+    finally:
+        processes.close()
+    with pytest.raises(FeatureProcessClosedError):
+        processes.feature_table(*tables, as_of)
+
+
+def test_a_builder_runs_only_its_statement_group(engine, trained_project, kinds) -> None:
+    tables = _tables(engine, trained_project, kinds["buyer"][:3])
+    as_of = datetime.fromisoformat(AS_OF)
+    groups = ((0, 2), (1, 3, 4))  # not contiguous: the columns are put back in family order
+    builders = [
+        OnlineFeatureBuilder(engine.builder.attributes, engine.builder.params, workers=1, groups=groups, run_group=g).prepare()
+        for g in range(2)
+    ]
+    parts = [builder.feature_table(*tables, as_of) for builder in builders]
+    statements = engine.builder.statements_
+    for part, group in zip(parts, groups, strict=True):
+        assert part.column_names == ["customer_id", *(c for i in group for c in statements[i].columns)]
+    assert put_together(parts, engine.builder.result_schema_).equals(engine.builder.feature_table(*tables, as_of))
+    with pytest.raises(OnlineFeatureError, match="do not cover"):
+        OnlineFeatureBuilder(engine.builder.attributes, engine.builder.params, groups=((0, 1),), run_group=0).prepare()
 
 
 def test_the_engine_through_the_feature_process_scores_as_in_process(engine, trained_project, kinds) -> None:
