@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -136,7 +135,16 @@ def serve(
         bentoml = Path(sys.executable).with_name("bentoml")
         command = [str(bentoml), "serve", "serving.service:CrmScoring", "--host", host, "--port", str(port)]
         out.print(f"serving on http://{host}:{port} (API under /v1, docs at /v1/docs, health at /readyz)", highlight=False)
-        raise typer.Exit(subprocess.call(command, env=env))
+        exec_server(command, env)
+
+
+def exec_server(command: list[str], env: dict[str, str]) -> None:
+    """Replace this process with the server, so that a supervisor's signal (systemd, a
+    container runtime, `kill PID`) reaches BentoML itself. Run as a child instead, a SIGTERM
+    to this command stopped only the command and left BentoML serving on its own."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(command[0], command, env)
 
 
 def _stale_reason(latest, settings) -> str | None:  # type: ignore[no-untyped-def]

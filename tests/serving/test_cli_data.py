@@ -75,7 +75,7 @@ def test_serve_stops_at_a_bad_rules_file_or_a_taken_port_with_the_reason(tmp_pat
     import serving.cli_serving
 
     started: list[object] = []
-    monkeypatch.setattr(serving.cli_serving.subprocess, "call", lambda *a, **k: started.append(a) or 0)
+    monkeypatch.setattr(serving.cli_serving, "exec_server", lambda *a, **k: started.append(a))
     monkeypatch.setenv("CRMSCORE_PROJECT_DIR", str(tmp_path))
     bad = tmp_path / "my_tags.yaml"
     bad.write_text("version: 1\ntags:\n  churn_risk:\n    score: churn.probabilty\n    tiers: [{name: high, min: 0.5}]\n  lost:\n    when: churn_risks == 'high'\n")

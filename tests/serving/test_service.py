@@ -23,6 +23,7 @@ from starlette.testclient import TestClient
 
 from features.pipeline import FEATURE_DEFINITIONS_VERSION
 from tests.serving.conftest import ADMIN_KEY, API_KEY, AS_OF, TrainedProject
+from serving.cli_serving import ServeError, check_port_free
 from serving.inline import inline_customers
 
 pytestmark = pytest.mark.slow
@@ -492,12 +493,25 @@ def test_real_bentoml_serve(trained_project: TrainedProject, customer: dict[str,
         metrics = httpx.get(f"{base}/metrics", timeout=30)
         assert metrics.status_code == 200 and "bentoml_service_request" in metrics.text
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        # Only the command's own process, as a supervisor signals it: `serve` execs BentoML,
+        # which stops its worker and the feature processes (it used to keep serving alone).
+        server.send_signal(signal.SIGTERM)
         try:
-            output, _ = server.communicate(timeout=30)
+            output, _ = server.communicate(timeout=60)
+            stopped = True
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             output, _ = server.communicate()
+            stopped = False
+    assert stopped, "the server did not stop on SIGTERM"
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            check_port_free("127.0.0.1", port)
+            break
+        except ServeError:
+            assert time.monotonic() < deadline, "the port is still taken after the server stopped"
+            time.sleep(0.2)
     log = output.decode(errors="replace")
     # No request bodies or personal data in the logs.
     assert customer["customer_id"] not in log
