@@ -127,20 +127,19 @@ class SnapshotMismatchError(CrmScoringError):
 
 
 def served_run(runs: list[RunRecord], rules: TagRules) -> RunRecord:
-    """The batch run the API serves: the newest run at the latest as_of that was scored
-    with the server's tag rules.
+    """The batch run the API serves: the newest run at the latest as_of.
 
-    The API answers with the model versions of that run (see `build_engine`): what the
-    latest batch run told the CRM. A rollback reaches the API the way a promotion does,
-    through `score` (a new run, see `serving.batch.choose_run_id`), then a reload. Raises
-    `SnapshotMismatchError` when no run at the latest as_of was scored with these rules.
+    The API answers with the model versions and tags of that run (see `build_engine`):
+    what the latest batch run told the CRM. A rollback reaches the API the way a promotion
+    does, through `score` (a new run, see `serving.batch.choose_run_id`), then a reload.
+    Raises `SnapshotMismatchError` when that run was scored with other tag rules than the
+    server's: serving an older run of the server's rules instead would contradict the
+    events the newest run has just sent (a reload then answers 409 and keeps the old run).
     """
     latest = max(run.as_of for run in runs)
-    candidates = sorted((run for run in runs if run.as_of == latest), key=lambda run: (run.created_at, run.run_id), reverse=True)
-    same_rules = [run for run in candidates if not run.rules_digest or run.rules_digest == rules.digest]
-    if same_rules:
-        return same_rules[0]
-    run = candidates[0]
+    run = max((run for run in runs if run.as_of == latest), key=lambda run: (run.created_at, run.run_id))
+    if not run.rules_digest or run.rules_digest == rules.digest:
+        return run
     raise SnapshotMismatchError(
         f"the latest batch run {run.run_id} (as_of {run.as_of:%Y-%m-%d %H:%M}) was scored with other tag rules: "
         f"{rules.source} (sha256 {rules.digest[:12]}) are not the run's (sha256 {run.rules_digest[:12]}). Start the server "

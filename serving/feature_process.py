@@ -248,6 +248,7 @@ class FeatureProcesses:
         self.schemas_ = template_schemas(config.attributes)
         self._lock = threading.Lock()
         self._children: list[FeatureProcess] = []
+        self._closed = False
 
     def start(self) -> FeatureProcesses:
         """Start the children and wait until each has prepared its statements; raises `OnlineFeatureError` if one cannot."""
@@ -268,8 +269,9 @@ class FeatureProcesses:
         return self
 
     def close(self) -> None:
-        """Stop every child (after the call in progress, if any)."""
+        """Stop every child (after the call in progress, if any). Later calls raise `FeatureProcessClosedError`."""
         with self._lock:
+            self._closed = True
             for child in self._children:
                 child.close()
 

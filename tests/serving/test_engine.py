@@ -27,7 +27,7 @@ def test_an_engine_needs_a_batch_snapshot(tmp_path: Path) -> None:
     assert not store.exists()  # looking created nothing
 
 
-def test_the_served_run_is_the_newest_at_the_latest_as_of_with_the_servers_rules() -> None:
+def test_the_served_run_is_the_newest_at_the_latest_as_of_and_must_have_the_servers_rules() -> None:
     rules = load_tag_rules()
 
     def run(run_id: str, day: int, hour: int, churn: str, digest: str = rules.digest) -> RunRecord:
@@ -39,9 +39,12 @@ def test_the_served_run_is_the_newest_at_the_latest_as_of_with_the_servers_rules
     # Rolled back to v1 and re-scored: a new run (serving.batch.choose_run_id), the newest.
     back = run("c", 15, 3, "1")
     assert served_run([older, first, second, back], rules) is back
-    # A run of the latest as_of with other rules is skipped; none with these rules is an error.
+    # The newest run was scored with other rules: an error, not an older run of these rules
+    # (its events have told the CRM other tags than that run holds).
     other = run("d", 15, 4, "2", digest="f" * 64)
-    assert served_run([older, first, second, other], rules) is second
+    with pytest.raises(SnapshotMismatchError, match="run d"):
+        served_run([older, first, second, other], rules)
+    assert served_run([older, first, second, other, run("e", 15, 5, "2")], rules).run_id == "e"
     with pytest.raises(SnapshotMismatchError, match=r"run d \(as_of 2025-06-15 00:00\) was scored with other tag rules.*DATE at or after 2025-06-15 00:00"):
         served_run([older, other], rules)
 
