@@ -182,10 +182,16 @@ def write_rejects(rejects: dict[str, ibis.Table], path: Path) -> Path:
 def write_parquet(expr: ibis.Table, path: Path) -> Path:
     """Stream an expression's result to Parquet (atomically: write then rename)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; write the table to a file in it, e.g. {path / 'features.parquet'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    expr.to_parquet(tmp)
-    tmp.replace(path)
+    try:
+        expr.to_parquet(tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # nothing half-written is left beside the target
+        raise
     return path
 
 

@@ -185,6 +185,8 @@ def features_build(
 
         settings = load_settings()
         cutoff = to_utc_naive(as_of)
+        if out_file.is_dir():  # before loading and building, not at the write
+            raise IsADirectoryError(f"--out {out_file} is a folder: give the feature file's path, e.g. {out_file / 'features.parquet'}")
         rejects_path = out_file.with_name(out_file.stem + ".rejects.csv")
         con = connect(settings)
         loaded = _load_validated(con, profile, rejects_path, settings, before=cutoff)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
@@ -65,6 +67,31 @@ def test_missing_profile_and_bad_date_are_one_line_errors(tmp_path: Path) -> Non
     result = invoke("data", "import-cdnow", "--sample", "--out", tmp_path / "p")
     result = invoke("features", "build", "--profile", tmp_path / "p", "--as-of", "soon", "--out", tmp_path / "f.parquet")
     assert result.exit_code == 1 and "'soon' is not an ISO date" in result.output
+    # An existing folder as --out: said before any work, and nothing is left beside it.
+    result = invoke("features", "build", "--profile", tmp_path / "p", "--as-of", "1997-10-01", "--out", tmp_path / "p")
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: --out {tmp_path / 'p'} is a folder: give the feature file's path, e.g. {tmp_path / 'p' / 'features.parquet'}"
+    assert not (tmp_path / "p.tmp").exists()
+
+
+def test_a_failed_parquet_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    import ibis
+
+    from features.io import write_parquet
+
+    class Broken(Exception):
+        pass
+
+    class Expr:
+        def to_parquet(self, path: Path) -> None:
+            Path(path).write_bytes(b"half")
+            raise Broken
+
+    with pytest.raises(Broken):
+        write_parquet(Expr(), tmp_path / "out.parquet")  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        write_parquet(ibis.memtable({"a": [1]}), tmp_path)
 
 
 def test_serve_stops_at_a_bad_rules_file_or_a_taken_port_with_the_reason(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
