@@ -451,7 +451,7 @@ def models_list(
 @models_app.command("promote")
 def models_promote(
     name: Annotated[str, typer.Argument(help="Registered model: lead_scoring, churn_propensity or customer_ltv.")],
-    version: Annotated[str, typer.Argument(help="Version to make champion.")],
+    version: Annotated[int, typer.Argument(help="Version number to make champion (see `models list`).", min=1)],
     force: Annotated[bool, typer.Option("--force", help="Skip the gate and move the champion alias anyway.")] = False,
 ) -> None:
     """Make VERSION the champion if it is not worse than the current one on its validation window."""
@@ -460,7 +460,7 @@ def models_promote(
 
         settings = load_settings()
         _quiet_mlflow()
-        decision = _run_step(f"promotion gate for {name} v{version}", lambda: registry.promote(name, version, force, settings))
+        decision = _run_step(f"promotion gate for {name} v{version}", lambda: registry.promote(name, str(version), force, settings))
         if not decision.promoted:
             _fail(decision.summary())
         out.print(decision.summary(), highlight=False, soft_wrap=True)

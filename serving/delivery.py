@@ -331,7 +331,8 @@ def utc_now() -> datetime:
 def check_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise WebhookConfigError(f"--url must be an http(s) URL with a host (got scheme {parts.scheme or 'none'!r})")
+        got = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+        raise WebhookConfigError(f"--url must be an http(s) URL with a host, e.g. https://crm.example.com/hooks (got {got})")
     try:
         parts.port  # noqa: B018 - urlsplit checks the port only when it is read
     except ValueError as exc:

@@ -755,7 +755,7 @@ def rollback(name: str, settings: TrainingSettings | None = None) -> RollbackRes
     existing = {str(v.version) for v in _registered_versions(client, name)}
     history = [v for v in history if v in existing]  # a deleted version cannot serve again
     if not history:
-        raise RegistryError(f"{name} has no previous champion to roll back to (v{current} is the only one promoted)")
+        raise RegistryError(f"{name} has no earlier champion to roll back to (v{current} is the first in its promotion history)")
     target = history[-1]
     # The champion alias moves last: if a step fails, serving is unchanged, and a retry (the
     # history reconciled with the alias) makes the same move.

@@ -115,7 +115,9 @@ def test_promote_gate_force_rollback(project: TrainingSettings, churn_versions: 
     assert aliases() == {"champion": good}
     again = invoke("models", "rollback", "churn_propensity")
     assert again.exit_code == 1
-    assert last_line(again) == f"error: churn_propensity has no previous champion to roll back to (v{good} is the only one promoted)"
+    assert last_line(again) == f"error: churn_propensity has no earlier champion to roll back to (v{good} is the first in its promotion history)"
+    not_a_number = invoke("models", "promote", "churn_propensity", "abc")
+    assert not_a_number.exit_code == 2 and "Usage: " in not_a_number.output  # typer: "Input should be a valid integer"
 
 
 # ---- train ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from serving.cli import app
 from serving.delivery import (
     DeliveryPolicy,
     WebhookConfigError,
+    check_url,
     deliver,
     parse_retry_after,
     retry_delay,
@@ -176,6 +177,10 @@ def test_plain_secrets_are_used_as_bytes_and_bad_ones_are_refused() -> None:
     assert not verify_signature(SECRET, headers, "{}")
     with pytest.raises(WebhookConfigError, match="base64"):
         signing_key("whsec_%%%")
+    with pytest.raises(WebhookConfigError, match=r"http\(s\) URL with a host, e.g. https://crm.example.com/hooks \(got no scheme\)"):
+        check_url("notaurl")
+    with pytest.raises(WebhookConfigError, match=r"\(got scheme 'ftp'\)"):
+        check_url("ftp://host/x")
     with pytest.raises(WebhookConfigError, match="empty"):
         signing_key("")
 

@@ -247,7 +247,7 @@ def test_rollback_restores_the_previous_champion_step_by_step(settings: Training
     assert aliases == {"champion": mid}
     assert tags["crm.champion_history"] == mid
     assert "crm.rolled_back_at" in versions[worse] and "crm.rolled_back_at" in versions[better]
-    with pytest.raises(RegistryError, match=f"no previous champion to roll back to \\(v{mid} is the only one promoted\\)"):
+    with pytest.raises(RegistryError, match=f"no earlier champion to roll back to \\(v{mid} is the first in its promotion history\\)"):
         rollback(NAME, settings)
     assert champion(settings) == mid
 
