@@ -225,7 +225,7 @@ def test_rollback_past_a_deleted_version_moves_only_when_it_can(tmp_path: Path) 
     assert (result.from_version, result.to_version) == (v3, v2)
     aliases, tags, _ = state(settings)
     assert aliases == {"champion": v2} and tags["crm.champion_history"] == v2
-    with pytest.raises(RegistryError, match="no previous champion to roll back to"):
+    with pytest.raises(RegistryError, match="no earlier champion to roll back to"):
         rollback(NAME, settings)
     assert state(settings)[0] == {"champion": v2}
 
