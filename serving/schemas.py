@@ -37,6 +37,9 @@ MAX_CUSTOMER_IDS = 10_000
 # No control characters: ids travel in headers, CSV exports and (prefixed) inside batched queries.
 Identifier = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
 ShortText = Annotated[str, Field(min_length=1, max_length=256)]
+#: A customer id to look up in a batch snapshot: any id a batch run may hold (batch scoring
+#: takes every string, so a tab or a line break cannot make a scored customer unfindable).
+LookupId = Annotated[str, Field(min_length=1, max_length=4096)]
 
 #: The message of a zoned timestamp whose UTC instant falls outside datetime's years.
 OUT_OF_RANGE = "timestamp is outside the years 0001-9999 once converted to UTC"
@@ -190,7 +193,7 @@ def timestamp_problems(customers: list[CustomerIn]) -> list[tuple[tuple[str | in
 
 
 class ScoreByIdRequest(_Strict):
-    customer_ids: list[Identifier] = Field(min_length=1, max_length=MAX_CUSTOMER_IDS)
+    customer_ids: list[LookupId] = Field(min_length=1, max_length=MAX_CUSTOMER_IDS)
 
 
 class ScoreResponse(BaseModel):

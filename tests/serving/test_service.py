@@ -365,6 +365,15 @@ def test_score_by_id(client: TestClient, customer: dict[str, Any]) -> None:
     assert payload["as_of"].startswith(AS_OF)
 
 
+def test_score_by_id_finds_any_id_a_batch_may_hold(client: TestClient, trained_project: TrainedProject) -> None:
+    """Batch scoring takes every string as an id; a lookup must not refuse one (it used to
+    apply the inline ids' no-control-characters rule)."""
+    odd = ["a,b\"c\nd", "tab\there", "nul\x00", "é" * 300]
+    response = client.post("/v1/score/by-id", json={"customer_ids": odd}, headers=AUTH)
+    assert response.status_code == 200 and response.json()["missing"] == odd
+    assert client.post("/v1/score/by-id", json={"customer_ids": [""]}, headers=AUTH).status_code == 422
+
+
 def test_failed_reload_keeps_the_old_models(client: TestClient, customer: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     import serving.engine
 
