@@ -44,10 +44,11 @@ def score(
         cut_off = to_utc_naive(as_of)
         settings = load_settings(store=store, tags=tags)
         score_store = ScoreStore(settings.resolved_store_dir)
-        # Before loading anything: a second `score` on this store stops at once, before it
-        # loads a profile beside the first one or rewrites the rejects file it named.
-        held.enter_context(score_store.scoring_lock())
+        # A bad rules file (read in milliseconds) stops the command before it creates the store.
         rules = _run_step("load tag rules", lambda: load_tag_rules(settings.tags_file))
+        # Before loading anything else: a second `score` on this store stops at once, before
+        # it loads a profile beside the first one or rewrites the rejects file it named.
+        held.enter_context(score_store.scoring_lock())
         _quiet_mlflow()
         models = _run_step("load champion models", lambda: load_model_set(settings, threads=os.cpu_count()))
         for line in models.warnings:

@@ -158,6 +158,17 @@ def test_a_profile_in_another_currency_than_the_models_is_refused(trained_projec
     assert not ScoreStore(folder).exists() or not ScoreStore(folder).runs()
 
 
+def test_score_with_a_bad_rules_file_creates_no_store(trained_project: TrainedProject, tmp_path: Path) -> None:
+    bad = tmp_path / "my_tags.yaml"
+    bad.write_text("version: 1\ntags:\n  churn_risk:\n    score: churn.probabilty\n    tiers: [{name: high, min: 0.5}]\n")
+    folder = tmp_path / "scores"
+    refused = trained_project.run(
+        "score", "--profile", str(trained_project.profile), "--as-of", AS_OF, "--out", str(folder), "--tags", str(bad), check=False
+    )
+    assert refused.returncode == 1 and f"{bad}:4:" in refused.stderr
+    assert not folder.exists()  # it used to be left with only an empty score.lock
+
+
 def test_score_and_the_api_keep_the_configured_pii_columns_out_of_the_features(trained_project: TrainedProject, tmp_path: Path) -> None:
     """`CRMSCORE_PII_COLUMNS` applies to scoring as to training: a served model that reads a
     column declared PII since it was trained is refused by name, before anything is written."""
