@@ -50,7 +50,7 @@ from features.population import restrict_to_before
 from features.profile import Profile
 from features.timeutil import to_utc_naive
 from serving.events import diff_snapshots
-from serving.models import ModelSet, check_attribute_inputs, check_currency
+from serving.models import ModelSet, check_attribute_inputs, check_currency, check_profile_attributes
 from serving.scoring import KEY, score_features
 from serving.store import RunRecord, ScoreStore, fsync_directory, temp_path
 from serving.tags import TagRules
@@ -193,6 +193,7 @@ def score_profile(
     writes to the same store) unless `locked`: the caller holds it already."""
     as_of = to_utc_naive(as_of)
     check_attribute_inputs(models, feature_params.attributes)
+    check_profile_attributes(models, profile, feature_params.attributes)
     check_currency(models, profile.currency)
     # From choosing the previous run to committing this one: one run at a time per store.
     with nullcontext() if locked else store.scoring_lock():

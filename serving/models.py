@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 
 from features.errors import CrmScoringError
-from features.families.attributes import AGE_SUFFIX, ATTRIBUTE_PREFIX, AttributeParams, normalise_name
+from features.families.attributes import AGE_SUFFIX, ATTRIBUTE_PREFIX, AttributeParams, attribute_plan, normalise_name
 from features.pipeline import FEATURE_DEFINITIONS_VERSION
+from features.profile import Profile
 from serving.events import json_timestamp
 from training.config import TrainingSettings
 from training.results import MODEL_NAMES
@@ -137,6 +138,30 @@ def check_attribute_inputs(models: ModelSet, params: AttributeParams) -> None:
         raise ModelLoadError(
             f"{'; '.join(found)}, from a customers column now declared PII or excluded (CRMSCORE_PII_COLUMNS): "
             "retrain the model without it or change the setting"
+        )
+
+
+class MissingAttributeError(CrmScoringError):
+    """A model reads a customer attribute the profile does not hold."""
+
+
+def check_profile_attributes(models: ModelSet, profile: Profile, params: AttributeParams) -> None:
+    """Raise `MissingAttributeError` when a model reads an `attr_*` feature that the profile's
+    customers table cannot produce (a column the training profile had): said before the
+    features are built, naming the columns, instead of every row failing at prediction."""
+    produced = {feature.column for feature in attribute_plan(profile, params)}
+    readers: dict[str, list[str]] = {}
+    for model in models.models.values():
+        for feature in model.feature_columns:
+            if feature.startswith(ATTRIBUTE_PREFIX) and feature not in produced:
+                name = feature[len(ATTRIBUTE_PREFIX) :]
+                source = name[: -len(AGE_SUFFIX)] if name.endswith(AGE_SUFFIX) else name
+                readers.setdefault(source, []).append(model.name)
+    if readers:
+        listed = "; ".join(f"{column} ({', '.join(sorted(set(names)))})" for column, names in sorted(readers.items()))
+        raise MissingAttributeError(
+            f"the profile's customers table lacks column(s) the models were trained with: {listed}; "
+            "add them to the profile, or train models on this profile"
         )
 
 

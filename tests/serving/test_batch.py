@@ -158,6 +158,24 @@ def test_a_profile_in_another_currency_than_the_models_is_refused(trained_projec
     assert not ScoreStore(folder).exists() or not ScoreStore(folder).runs()
 
 
+def test_score_names_the_customer_columns_the_models_need_and_the_profile_lacks(trained_project: TrainedProject, tmp_path: Path) -> None:
+    profile = tmp_path / "profile"
+    shutil.copytree(trained_project.profile, profile)
+    customers = pq.read_table(profile / "customers.parquet")
+    attributes = [c for c in customers.column_names if c not in ("customer_id", "created_at", "email")]
+    assert attributes, customers.column_names
+    pq.write_table(customers.drop_columns(attributes[:1]), profile / "customers.parquet")
+    folder = tmp_path / "scores"
+
+    refused = trained_project.run("score", "--profile", str(profile), "--as-of", AS_OF, "--out", str(folder), check=False)
+
+    assert refused.returncode == 1
+    message = " ".join(refused.stderr.split())
+    assert f"the profile's customers table lacks column(s) the models were trained with: {attributes[0]} (" in message, message
+    assert "build features" not in refused.stdout  # said before the features are built
+    assert not ScoreStore(folder).exists() or not ScoreStore(folder).runs()
+
+
 def test_score_with_a_bad_rules_file_creates_no_store(trained_project: TrainedProject, tmp_path: Path) -> None:
     bad = tmp_path / "my_tags.yaml"
     bad.write_text("version: 1\ntags:\n  churn_risk:\n    score: churn.probabilty\n    tiers: [{name: high, min: 0.5}]\n")
