@@ -87,13 +87,10 @@ class FeatureProcessConfig:
     run_group: int | None = None
 
 
-class FeatureProcess:
-    """The `OnlineFeatureBuilder` interface (`schemas_`, `feature_table`, `features`), computed in a child process.
-
-    Thread-safe: calls take turns on the one pipe (the service computes one batch's
-    features at a time anyway). `start_timeout` bounds the child's start-up (compile +
-    plan, a few seconds), `call_timeout` one feature query.
-    """
+class _RemoteBuilder:
+    """The `OnlineFeatureBuilder` interface (`attributes`, `params`, `schemas_`, `feature_table`,
+    `features`) of features computed in child processes. `start_timeout` bounds a child's
+    start-up (compile + plan, a few seconds), `call_timeout` one feature query."""
 
     def __init__(self, config: FeatureProcessConfig, start_timeout: float = 120.0, call_timeout: float = 60.0) -> None:
         self.config = config
@@ -103,10 +100,28 @@ class FeatureProcess:
         self.call_timeout = call_timeout
         self.schemas_ = template_schemas(config.attributes)
         self._lock = threading.Lock()
+        self._closed = False
+
+    def feature_table(self, customers: pa.Table, orders: pa.Table, events: pa.Table, as_of: datetime) -> pa.Table:
+        raise NotImplementedError
+
+    def features(self, customers: pa.Table, orders: pa.Table, events: pa.Table, as_of: datetime) -> pd.DataFrame:
+        """One row per customer created before as_of, ordered by customer_id (as in batch)."""
+        return feature_frame(self.feature_table(customers, orders, events, as_of))
+
+
+class FeatureProcess(_RemoteBuilder):
+    """Features computed in one child process.
+
+    Thread-safe: calls take turns on the one pipe (the service computes one batch's
+    features at a time anyway).
+    """
+
+    def __init__(self, config: FeatureProcessConfig, start_timeout: float = 120.0, call_timeout: float = 60.0) -> None:
+        super().__init__(config, start_timeout, call_timeout)
         self._process: subprocess.Popen[bytes] | None = None
         self._requests: Connection | None = None
         self._answers: Connection | None = None
-        self._closed = False
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -223,12 +238,8 @@ class FeatureProcess:
             raise OnlineFeatureError(f"online features failed: {answer[1]}")
         return _from_ipc(answer[1])
 
-    def features(self, customers: pa.Table, orders: pa.Table, events: pa.Table, as_of: datetime) -> pd.DataFrame:
-        """One row per customer created before as_of, ordered by customer_id (as in batch)."""
-        return feature_frame(self.feature_table(customers, orders, events, as_of))
 
-
-class FeatureProcesses:
+class FeatureProcesses(_RemoteBuilder):
     """The builder interface over one feature process per statement group.
 
     DuckDB connections of one process do not run side by side well: measured on this
@@ -240,15 +251,8 @@ class FeatureProcesses:
     """
 
     def __init__(self, config: FeatureProcessConfig, start_timeout: float = 120.0, call_timeout: float = 60.0) -> None:
-        self.config = config
-        self.attributes = config.attributes
-        self.params = config.params
-        self.start_timeout = start_timeout
-        self.call_timeout = call_timeout
-        self.schemas_ = template_schemas(config.attributes)
-        self._lock = threading.Lock()
+        super().__init__(config, start_timeout, call_timeout)
         self._children: list[FeatureProcess] = []
-        self._closed = False
 
     def start(self) -> FeatureProcesses:
         """Start the children and wait until each has prepared its statements; raises `OnlineFeatureError` if one cannot."""
@@ -308,10 +312,6 @@ class FeatureProcesses:
         if failure is not None:
             raise failure
         return put_together(parts, self.result_schema_)
-
-    def features(self, customers: pa.Table, orders: pa.Table, events: pa.Table, as_of: datetime) -> pd.DataFrame:
-        """One row per customer created before as_of, ordered by customer_id (as in batch)."""
-        return feature_frame(self.feature_table(customers, orders, events, as_of))
 
 
 def _pin_process(number: int) -> None:
