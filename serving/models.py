@@ -121,6 +121,13 @@ class ModelSet:
         return types
 
 
+def _attribute_source(feature: str) -> str:
+    """The (normalised) customers column an `attr_*` feature comes from: `attr_<x>` and,
+    for a timestamp, `attr_<x>_age_days`."""
+    name = feature[len(ATTRIBUTE_PREFIX) :]
+    return name[: -len(AGE_SUFFIX)] if name.endswith(AGE_SUFFIX) else name
+
+
 def check_attribute_inputs(models: ModelSet, params: AttributeParams) -> None:
     """Raise `ModelLoadError` when a model reads an attribute that `params` keep from features
     (declared PII, say, since the model was trained): every row would fail without it."""
@@ -131,8 +138,7 @@ def check_attribute_inputs(models: ModelSet, params: AttributeParams) -> None:
             if not feature.startswith(ATTRIBUTE_PREFIX):
                 continue
             name = feature[len(ATTRIBUTE_PREFIX) :]
-            source = name[: -len(AGE_SUFFIX)] if name.endswith(AGE_SUFFIX) else name
-            if hidden & {name, source}:
+            if hidden & {name, _attribute_source(feature)}:
                 found.append(f"{model.name} reads {feature}")
     if found:
         raise ModelLoadError(
@@ -154,9 +160,7 @@ def check_profile_attributes(models: ModelSet, profile: Profile, params: Attribu
     for model in models.models.values():
         for feature in model.feature_columns:
             if feature.startswith(ATTRIBUTE_PREFIX) and feature not in produced:
-                name = feature[len(ATTRIBUTE_PREFIX) :]
-                source = name[: -len(AGE_SUFFIX)] if name.endswith(AGE_SUFFIX) else name
-                readers.setdefault(source, []).append(model.name)
+                readers.setdefault(_attribute_source(feature), []).append(model.name)
     if readers:
         listed = "; ".join(f"{column} ({', '.join(sorted(set(names)))})" for column, names in sorted(readers.items()))
         raise MissingAttributeError(

@@ -30,7 +30,9 @@ parity tests compare the result with batch scoring to 1e-9.
 Why per family: a feature query's cost is mostly fixed (DuckDB allocates vectors for
 every column of every operator, whatever the row count); the five family statements
 cost about what the joined one does (~16 ms in all here), so two connections halve the
-wait. Keeping the plans takes two precautions (measured: ~20 ms per execution instead
+wait. (The API runs each group of statements in a process of its own,
+`serving.feature_process.FeatureProcesses`: two connections of one process wait for
+each other's GIL hand-overs.) Keeping the plans takes two precautions (measured: ~20 ms per execution instead
 of ~50 ms with a re-plan, one customer with 20 orders and 50 events):
 
 * the catalog never changes after the statements are prepared (DuckDB then re-plans
