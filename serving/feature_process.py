@@ -243,8 +243,9 @@ class FeatureProcesses(_RemoteBuilder):
     """The builder interface over one feature process per statement group.
 
     DuckDB connections of one process do not run side by side well: measured on this
-    machine (8 customers, all five statements per call), two threads each calling its own
-    worker took 38 ms per call where one alone took 17; two processes took 17.4 each.
+    machine (8 customers, all five statements per call), one caller took 19.7 ms per call,
+    two threads at once 24.2 and 28.0 ms each (38 in a noisier try), two processes at once
+    18.0 and 18.8 ms each.
     So the statements are split into `parallelism` groups of about equal cost (by the
     first child, which times them), each group runs in a process of its own, and their
     columns are put together here (`serving.online.put_together`).
