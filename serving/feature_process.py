@@ -18,8 +18,11 @@ Arrow tables go inside them as Arrow IPC streams (~0.1 ms for a batch's tables; 
 a table costs far more, and a sliced table pickles its parent's whole buffers):
 
 * parent -> child: the configuration first, then ("features", as_of, tables) or ("stop",);
-* child -> parent: ("ready", result_schema, statement groups) or ("failed", message) once, then per request
-  ("table", table) or ("error", message).
+* child -> parent: ("ready", result_schema, statement groups, tables read) or ("failed", message) once,
+  then per request ("table", table) or ("error", message).
+
+A child is sent only the tables its statements read (`reads_`): the events child gets no
+orders, the orders child no events.
 
 A child that dies or stops answering is replaced on the next call (which waits for it);
 the call that saw it fail raises `OnlineFeatureError`.
@@ -159,6 +162,7 @@ class FeatureProcess(_RemoteBuilder):
             raise OnlineFeatureError(f"the feature process could not start: {answer[1]}")
         self.result_schema_: pa.Schema = answer[1]
         self.groups_: tuple[tuple[int, ...], ...] = answer[2]
+        self.reads_: frozenset[str] = answer[3]
         logger.info("online features in child process %d", process.pid)
 
     def _receive(self, timeout: float, what: str) -> tuple[Any, ...]:
@@ -207,9 +211,9 @@ class FeatureProcess(_RemoteBuilder):
     def feature_table(self, customers: pa.Table, orders: pa.Table, events: pa.Table, as_of: datetime) -> pa.Table:
         """The feature table as Arrow, typed as the full feature expression (computed in the child;
         with `FeatureProcessConfig.run_group`, that group's columns only)."""
-        streams = {"customers": _to_ipc(customers), "orders": _to_ipc(orders), "events": _to_ipc(events)}
         with self._lock:
-            self._ask(as_of, streams)
+            tables = {"customers": customers, "orders": orders, "events": events}
+            self._ask(as_of, {key: _to_ipc(tables[key]) for key in self.reads_})
             return self._answer()
 
     def _ask(self, as_of: datetime, streams: dict[str, bytes]) -> None:
@@ -290,7 +294,8 @@ class FeatureProcesses(_RemoteBuilder):
 
     def feature_table(self, customers: pa.Table, orders: pa.Table, events: pa.Table, as_of: datetime) -> pa.Table:
         """The feature table as Arrow, typed as the full feature expression."""
-        streams = {"customers": _to_ipc(customers), "orders": _to_ipc(orders), "events": _to_ipc(events)}
+        tables = {"customers": customers, "orders": orders, "events": events}
+        encoded: dict[str, bytes] = {}
         parts: list[pa.Table] = []
         failure: OnlineFeatureError | None = None
         with self._lock:
@@ -298,7 +303,9 @@ class FeatureProcesses(_RemoteBuilder):
             for child in self._children:
                 with child._lock:
                     try:
-                        child._ask(as_of, streams)
+                        for key in child.reads_ - encoded.keys():
+                            encoded[key] = _to_ipc(tables[key])
+                        child._ask(as_of, {key: encoded[key] for key in child.reads_})
                         asked.append(child)
                     except OnlineFeatureError as exc:
                         failure = failure or exc
@@ -368,7 +375,7 @@ def _serve(requests: Connection, answers: Connection) -> None:
     gc.freeze()
     if config.run_group is not None and config.pin_threads:
         _pin_process(config.run_group)
-    answers.send(("ready", builder.result_schema_, builder.groups_))
+    answers.send(("ready", builder.result_schema_, builder.groups_, builder.reads_))
     while True:
         try:
             message = requests.recv()
@@ -378,7 +385,11 @@ def _serve(requests: Connection, answers: Connection) -> None:
             return
         _, as_of, streams = message
         try:
-            tables = {name: _from_ipc(stream) for name, stream in streams.items()}
+            # A table this child's statements do not read is not sent: it stays empty.
+            tables = {
+                name: _from_ipc(streams[name]) if name in streams else schema.empty_table()
+                for name, schema in builder.schemas_.items()
+            }
             table = builder.feature_table(tables["customers"], tables["orders"], tables["events"], as_of)
         except Exception as exc:  # noqa: BLE001 - one failed query is the caller's error, not the child's end
             answers.send(("error", f"{type(exc).__name__}: {exc}".splitlines()[0]))

@@ -682,6 +682,8 @@ class OnlineFeatureBuilder:
         lead = group_costs.index(min(group_costs))  # loads the shared tables too (`_Worker`)
         families = sorted(i for group in running for i in group)
         self.run_schema_ = self.result_schema_ if self.run_group is None else self._schema_of(families)
+        #: The template tables the statements run here read (a table not among them may be left empty).
+        self.reads_ = frozenset(key for i in families for key in self.statements_[i].tables)
         self._pool: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         for number in range(self.workers):
             self._pool.put(_Worker(self._database, number, self.statements_, self.schemas_, running, self.as_of_cache_size, lead))

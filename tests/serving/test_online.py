@@ -325,6 +325,12 @@ def test_one_process_per_statement_group_equals_the_in_process_builder(engine, t
         groups = processes.groups_
         assert len(groups) == 2 and sorted(i for group in groups for i in group) == list(range(len(engine.builder.statements_)))
         assert len(set(processes.pids)) == 2 and None not in processes.pids
+        # Each child is sent only the tables its statements read, and every table goes to one.
+        statements = engine.builder.statements_
+        for child, group in zip(processes._children, groups, strict=True):
+            assert child.reads_ == frozenset().union(*(statements[i].tables for i in group))
+        assert frozenset().union(*(child.reads_ for child in processes._children)) == {"customers", "orders", "events"}
+        assert all(len(child.reads_) < 3 for child in processes._children)  # the orders and the events split here
         expected = engine.builder.feature_table(*tables, as_of)
         remote = processes.feature_table(*tables, as_of)
         assert remote.schema.equals(expected.schema) and remote.equals(expected)
