@@ -195,8 +195,21 @@ def test_micro_batched_requests_equal_separate_ones(engine: ScoringEngine, snaps
     second = {"as_of": f"{AS_OF}T00:00:00Z", "customers": customers[2:]}  # shares customers with the first
     other_day = {"as_of": "2025-05-01T00:00:00Z", "customers": customers[:2]}
     broken = {"as_of": f"{AS_OF}T00:00:00Z", "customers": [customers[0], customers[0]]}  # duplicate id
-    requests = [ScoreRequest.model_validate(b) for b in (first, second, other_day, broken)]
+    # A timestamp past year 9999 in UTC is found on the batch's Arrow tables; the request
+    # that holds it fails alone, with its other problems.
+    late = {**customers[1], "created_at": "9999-12-31T23:59:59-05:00"}
+    out_of_range = {"as_of": f"{AS_OF}T00:00:00Z", "customers": [late]}
+    both = {"as_of": f"{AS_OF}T00:00:00Z", "customers": [late, late]}
+    requests = [ScoreRequest.model_validate(b) for b in (first, second, other_day, broken, out_of_range, both)]
     batched = engine.score_inline_many(requests)
     assert isinstance(batched[3], InputError)
+    assert isinstance(batched[4], InputError) and batched[4].problems == [
+        (("body", "customers", 0, "created_at"), "timestamp is outside the years 0001-9999 once converted to UTC")
+    ]
+    assert isinstance(batched[5], InputError) and sorted(loc for loc, _ in batched[5].problems) == [
+        ("body", "customers", 0, "created_at"),
+        ("body", "customers", 1, "created_at"),
+        ("body", "customers", 1, "customer_id"),
+    ]
     for request, outcome in zip(requests[:3], batched[:3], strict=True):
         assert outcome == engine.score_inline(request)
