@@ -342,14 +342,12 @@ class ScoringEngine:
     def _arrow_tables(self, parts: list[_RequestColumns]) -> tuple[pa.Table, pa.Table, pa.Table]:
         """The customers, orders and events tables of several requests' columns, in order."""
         schemas = self.builder.schemas_
-        # Zoned timestamps become UTC as Arrow converts them (zone-less ones are UTC already).
-        return tuple(  # type: ignore[return-value]
-            pa.table(
-                {name: [value for part in parts for value in part[n][name]] for name in parts[0][n]} if len(parts) > 1 else parts[0][n],
-                schema=schemas[table],
-            )
-            for n, table in enumerate(("customers", "orders", "events"))
-        )
+        tables = []
+        for n, kind in enumerate(("customers", "orders", "events")):
+            columns = parts[0][n] if len(parts) == 1 else {name: [v for part in parts for v in part[n][name]] for name in parts[0][n]}
+            # Zoned timestamps become UTC as Arrow converts them (zone-less ones are UTC already).
+            tables.append(pa.table(columns, schema=schemas[kind]))
+        return tables[0], tables[1], tables[2]
 
     def _columns(self, customers: list[CustomerIn], namespace: str) -> tuple[_RequestColumns, list[tuple[tuple[str | int, ...], str]]]:
         """One request's column values (customers, orders, events) and its problems, except

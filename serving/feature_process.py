@@ -211,9 +211,10 @@ class FeatureProcess(_RemoteBuilder):
     def feature_table(self, customers: pa.Table, orders: pa.Table, events: pa.Table, as_of: datetime) -> pa.Table:
         """The feature table as Arrow, typed as the full feature expression (computed in the child;
         with `FeatureProcessConfig.run_group`, that group's columns only)."""
+        tables = {"customers": customers, "orders": orders, "events": events}
+        streams = {key: _to_ipc(tables[key]) for key in self.reads_}
         with self._lock:
-            tables = {"customers": customers, "orders": orders, "events": events}
-            self._ask(as_of, {key: _to_ipc(tables[key]) for key in self.reads_})
+            self._ask(as_of, streams)
             return self._answer()
 
     def _ask(self, as_of: datetime, streams: dict[str, bytes]) -> None:
