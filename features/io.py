@@ -179,11 +179,17 @@ def write_rejects(rejects: dict[str, ibis.Table], path: Path) -> Path:
     return path
 
 
+def check_output_file(path: Path, what: str = "the output") -> None:
+    """Raise `IsADirectoryError` when `path`, where a file is to be written, is a folder
+    (callers check before long work, `write_parquet` again at the write)."""
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder: give the file's path, e.g. {Path(path) / 'features.parquet'}")
+
+
 def write_parquet(expr: ibis.Table, path: Path) -> Path:
     """Stream an expression's result to Parquet (atomically: write then rename)."""
     path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; write the table to a file in it, e.g. {path / 'features.parquet'}")
+    check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:

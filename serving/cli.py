@@ -179,14 +179,13 @@ def features_build(
     """Build the point-in-time feature table (one row per profile created before --as-of)."""
     with _errors_as_exit():
         from features.backend import connect
-        from features.io import write_parquet
+        from features.io import check_output_file, write_parquet
         from features.pipeline import build_features
         from features.timeutil import to_utc_naive
 
         settings = load_settings()
         cutoff = to_utc_naive(as_of)
-        if out_file.is_dir():  # before loading and building, not at the write
-            raise IsADirectoryError(f"--out {out_file} is a folder: give the feature file's path, e.g. {out_file / 'features.parquet'}")
+        check_output_file(out_file, "--out")  # before loading and building, not at the write
         rejects_path = out_file.with_name(out_file.stem + ".rejects.csv")
         con = connect(settings)
         loaded = _load_validated(con, profile, rejects_path, settings, before=cutoff)

@@ -91,7 +91,7 @@ class ServingSettings(BaseSettings):
     online_pin_threads: bool = Field(
         default=True,
         description="Pin each feature process (in-process engines: each connection's helper thread) to its own CPU "
-        "(faster after pauses on small VMs; turn off when other heavy processes share the cores).",
+        "(faster after pauses on small VMs, and also next to a busy process on two cores: see BENCHMARKS.md).",
     )
     prediction_threads: int = Field(
         default=0,

@@ -70,7 +70,7 @@ def test_missing_profile_and_bad_date_are_one_line_errors(tmp_path: Path) -> Non
     # An existing folder as --out: said before any work, and nothing is left beside it.
     result = invoke("features", "build", "--profile", tmp_path / "p", "--as-of", "1997-10-01", "--out", tmp_path / "p")
     assert result.exit_code == 1
-    assert result.output.strip() == f"error: --out {tmp_path / 'p'} is a folder: give the feature file's path, e.g. {tmp_path / 'p' / 'features.parquet'}"
+    assert result.output.strip() == f"error: --out {tmp_path / 'p'} is a folder: give the file's path, e.g. {tmp_path / 'p' / 'features.parquet'}"
     assert not (tmp_path / "p.tmp").exists()
 
 
